@@ -1,0 +1,149 @@
+//! Attacks behind one trait, plus the shared L∞ helpers (input gradient, projection, random start).
+//!
+//! Every attack returns a perturbation δ with ‖δ‖∞ ≤ ε and x + δ ∈ [0, 1]. The batch-norm mode used
+//! while attacking is an explicit field of the context, never hidden model state.
+
+pub mod fgsm;
+pub mod fgsm_rs;
+pub mod pgd;
+
+use candle_core::{DType, Tensor, Var, D};
+
+pub use fgsm::Fgsm;
+pub use fgsm_rs::FgsmRs;
+pub use pgd::Pgd;
+
+use crate::error::Result;
+use crate::models::{Classifier, Mode};
+use crate::rng::Rng;
+
+/// Everything an attack may use besides the model and the batch.
+pub struct AttackCtx<'a> {
+    pub mode: Mode,
+    pub rng: &'a mut Rng,
+}
+
+/// An attack's result: δ, and the logits of its first forward pass when it started from δ = 0
+/// (then they are the clean logits, which training reuses instead of paying another forward).
+pub struct Perturbation {
+    pub delta: Tensor,
+    pub clean_logits: Option<Tensor>,
+}
+
+pub trait Attack {
+    /// A short label, e.g. `pgd10`.
+    fn name(&self) -> String;
+    fn perturb(&self, model: &dyn Classifier, x: &Tensor, y: &Tensor, ctx: &mut AttackCtx) -> Result<Perturbation>;
+}
+
+/// Summed cross-entropy of `model` at `x + delta` and its gradient w.r.t. δ (with the logits).
+/// Summing rather than averaging keeps per-example gradients independent of the batch size.
+pub fn input_grad(
+    model: &dyn Classifier,
+    x: &Tensor,
+    delta: &Tensor,
+    y: &Tensor,
+    mode: Mode,
+) -> Result<(Tensor, Tensor)> {
+    let d = Var::from_tensor(delta)?;
+    let logits = model.logits(&(x + d.as_tensor())?, mode)?;
+    let loss = per_sample_ce(&logits, y)?.sum_all()?;
+    let grads = loss.backward()?;
+    let g = match grads.get(d.as_tensor()) {
+        Some(g) => g.clone(),
+        // The loss does not depend on the input at all (a constant model): a zero gradient.
+        None => delta.zeros_like()?,
+    };
+    Ok((g, logits.detach()))
+}
+
+/// Cross-entropy per example: (N, K) logits, (N,) u32 labels -> (N,).
+pub fn per_sample_ce(logits: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let lsm = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    Ok(lsm.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?)
+}
+
+/// Clips δ into the ε-ball and x + δ into [0, 1].
+pub fn project(delta: &Tensor, x: &Tensor, eps: f32) -> Result<Tensor> {
+    let d = delta.clamp(-eps, eps)?;
+    Ok(((x + d)?.clamp(0f32, 1f32)? - x)?)
+}
+
+/// δ0 ~ U(-ε, ε), then projected so that x + δ0 ∈ [0, 1].
+pub fn uniform_start(x: &Tensor, eps: f32, rng: &mut Rng) -> Result<Tensor> {
+    let u = rng.uniform_tensor(x.dims(), -eps, eps, x.device())?;
+    project(&u, x, eps)
+}
+
+/// One signed-gradient ascent step of size α, projected.
+pub fn sign_step(
+    model: &dyn Classifier,
+    x: &Tensor,
+    delta: &Tensor,
+    y: &Tensor,
+    alpha: f32,
+    eps: f32,
+    mode: Mode,
+) -> Result<(Tensor, Tensor)> {
+    let (g, logits) = input_grad(model, x, delta, y, mode)?;
+    let d = (delta + (g.sign()? * f64::from(alpha))?)?;
+    Ok((project(&d, x, eps)?, logits))
+}
+
+/// Number of correct predictions.
+pub fn correct(logits: &Tensor, y: &Tensor) -> Result<usize> {
+    let pred = logits.argmax(D::Minus1)?;
+    Ok(pred.eq(y)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize)
+}
+
+/// Per-example correctness as 0/1 f32.
+pub fn correct_mask(logits: &Tensor, y: &Tensor) -> Result<Tensor> {
+    Ok(logits.argmax(D::Minus1)?.eq(y)?.to_dtype(DType::F32)?)
+}
+
+#[cfg(test)]
+pub(crate) mod linear {
+    //! A linear classifier whose L∞ attack optima are known in closed form.
+    use super::*;
+
+    /// Two classes, logits = [0, w·x + b]: the loss of class 0 rises along +sign(w), of class 1 along -sign(w).
+    pub struct TwoClassLinear {
+        pub w: Tensor,
+        pub b: f32,
+    }
+
+    impl Classifier for TwoClassLinear {
+        fn logits(&self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
+            let n = x.dim(0)?;
+            let z = (x.flatten_from(1)?.matmul(&self.w.unsqueeze(1)?)? + f64::from(self.b))?;
+            Ok(Tensor::cat(&[&z.zeros_like()?, &z], 1)?.reshape((n, 2))?)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn projection_respects_ball_and_box() {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[0.0f32, 0.5, 0.98], &dev).unwrap();
+        let d = Tensor::new(&[-0.2f32, 0.3, 0.05], &dev).unwrap();
+        let p: Vec<f32> = project(&d, &x, 0.1).unwrap().to_vec1().unwrap();
+        assert_eq!(p[0], 0.0);
+        assert!((p[1] - 0.1).abs() < 1e-7);
+        assert!((p[2] - 0.02).abs() < 1e-6);
+    }
+
+    #[test]
+    fn per_sample_ce_by_hand() {
+        let dev = Device::Cpu;
+        let logits = Tensor::new(&[[0f32, 0.0], [0.0, 2.0f32.ln()]], &dev).unwrap();
+        let y = Tensor::new(&[0u32, 1], &dev).unwrap();
+        let l: Vec<f32> = per_sample_ce(&logits, &y).unwrap().to_vec1().unwrap();
+        assert!((l[0] - 2f32.ln()).abs() < 1e-6);
+        assert!((l[1] - (1.5f32).ln()).abs() < 1e-6);
+    }
+}

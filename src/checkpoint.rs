@@ -1,0 +1,340 @@
+//! Run directories, safetensors checkpoints with metadata, atomic writes, and the state a resume needs.
+//!
+//! Layout of `checkpoints/<run>/`: `run.json` (the validated spec), `epoch-NNN.safetensors`
+//! (weights + BN buffers under PyTorch's names, metadata strings), `train-state.safetensors`
+//! (momentum buffers; metadata: last complete epoch and the metric rows so far), `metrics.parquet`/`.csv`.
+//! Every file is written to a temporary name, fsynced and renamed, so a crash never leaves a torn file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use safetensors::tensor::{Dtype, TensorView};
+
+use crate::error::{CovfError, Result};
+use crate::train::spec::{validate_run_name, TrainSpec};
+
+pub const COVF_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const FORMAT: &str = "covf-checkpoint-1";
+
+/// Writes `bytes` to `path` atomically: temp file in the same directory, fsync, rename, fsync the directory.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let fname = path.file_name().and_then(|f| f.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{fname}.tmp-{}", std::process::id()));
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok::<(), std::io::Error>(())
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(CovfError::io(path, e));
+    }
+    Ok(())
+}
+
+fn tensor_bytes(t: &Tensor) -> Result<(Dtype, Vec<u8>)> {
+    let t = t.flatten_all()?.to_device(&Device::Cpu)?;
+    Ok(match t.dtype() {
+        DType::I64 => (
+            Dtype::I64,
+            t.to_vec1::<i64>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
+        DType::F64 => (
+            Dtype::F64,
+            t.to_vec1::<f64>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
+        _ => (
+            Dtype::F32,
+            t.to_dtype(DType::F32)?
+                .to_vec1::<f32>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
+    })
+}
+
+/// Serialises tensors and string metadata to safetensors bytes.
+pub fn encode(tensors: &BTreeMap<String, Tensor>, meta: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+    let mut owned = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let (dt, bytes) = tensor_bytes(t)?;
+        owned.push((name.clone(), dt, t.dims().to_vec(), bytes));
+    }
+    let mut views = Vec::with_capacity(owned.len());
+    for (name, dt, shape, bytes) in &owned {
+        let v = TensorView::new(*dt, shape.clone(), bytes)
+            .map_err(|e| CovfError::checkpoint(name, format!("cannot encode: {e}")))?;
+        views.push((name.clone(), v));
+    }
+    let meta: HashMap<String, String> = meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    safetensors::tensor::serialize(views, Some(meta))
+        .map_err(|e| CovfError::checkpoint("(memory)", format!("cannot serialise: {e}")))
+}
+
+/// Parses safetensors bytes into tensors on `dev` and the metadata; any fault names `origin`.
+pub fn decode(
+    bytes: &[u8],
+    origin: &Path,
+    dev: &Device,
+) -> Result<(HashMap<String, Tensor>, BTreeMap<String, String>)> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| CovfError::checkpoint(origin, format!("not a valid safetensors file: {e}")))?;
+    let (_, md) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| CovfError::checkpoint(origin, format!("bad safetensors header: {e}")))?;
+    let meta: BTreeMap<String, String> = md.metadata().clone().unwrap_or_default().into_iter().collect();
+    let mut out = HashMap::new();
+    for (name, v) in st.tensors() {
+        let shape = v.shape().to_vec();
+        let data = v.data();
+        let t = match v.dtype() {
+            Dtype::F32 => {
+                let vals: Vec<f32> = data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                Tensor::from_vec(vals, shape, dev)?
+            }
+            Dtype::F64 => {
+                let vals: Vec<f64> = data
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                    .collect();
+                Tensor::from_vec(vals, shape, dev)?
+            }
+            Dtype::I64 => {
+                let vals: Vec<i64> = data
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                    .collect();
+                Tensor::from_vec(vals, shape, dev)?
+            }
+            other => {
+                return Err(CovfError::checkpoint(
+                    origin,
+                    format!("tensor {name} has unsupported dtype {other:?}"),
+                ))
+            }
+        };
+        out.insert(name, t);
+    }
+    Ok((out, meta))
+}
+
+pub fn save_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>, meta: &BTreeMap<String, String>) -> Result<()> {
+    atomic_write(path, &encode(tensors, meta)?)
+}
+
+pub fn load_tensors(path: &Path, dev: &Device) -> Result<(HashMap<String, Tensor>, BTreeMap<String, String>)> {
+    let bytes = std::fs::read(path).map_err(|e| CovfError::io(path, e))?;
+    decode(&bytes, path, dev)
+}
+
+/// One run's directory under the checkpoints root.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(root: &Path, name: &str) -> Result<RunDir> {
+        validate_run_name(name)?;
+        Ok(RunDir {
+            name: name.to_string(),
+            path: root.join(name),
+        })
+    }
+
+    pub fn spec_path(&self) -> PathBuf {
+        self.path.join("run.json")
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.path.join("train-state.safetensors")
+    }
+
+    pub fn epoch_path(&self, epoch: usize) -> PathBuf {
+        self.path.join(format!("epoch-{epoch:03}.safetensors"))
+    }
+
+    pub fn exists(&self) -> bool {
+        self.spec_path().is_file()
+    }
+
+    /// Epochs with a checkpoint file, ascending.
+    pub fn epochs(&self) -> Result<Vec<usize>> {
+        let rd = match std::fs::read_dir(&self.path) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(CovfError::io(&self.path, e)),
+        };
+        let mut v: Vec<usize> = rd
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.strip_prefix("epoch-")?.strip_suffix(".safetensors")?.parse().ok()
+            })
+            .collect();
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    pub fn write_spec(&self, spec: &TrainSpec) -> Result<()> {
+        std::fs::create_dir_all(&self.path).map_err(|e| CovfError::io(&self.path, e))?;
+        let doc = serde_json::json!({
+            "covf_version": COVF_VERSION,
+            "spec": spec,
+        });
+        atomic_write(&self.spec_path(), serde_json::to_string_pretty(&doc)?.as_bytes())
+    }
+
+    pub fn read_spec(&self) -> Result<TrainSpec> {
+        let p = self.spec_path();
+        let text = std::fs::read_to_string(&p).map_err(|e| CovfError::io(&p, e))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| CovfError::checkpoint(&p, format!("invalid JSON: {e}")))?;
+        let spec = v
+            .get("spec")
+            .cloned()
+            .ok_or_else(|| CovfError::checkpoint(&p, "no \"spec\" field"))?;
+        serde_json::from_value(spec).map_err(|e| CovfError::checkpoint(&p, format!("invalid spec: {e}")))
+    }
+}
+
+/// Metadata written into every epoch checkpoint.
+pub fn epoch_metadata(spec: &TrainSpec, epoch: usize, alpha: f32) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert("format".into(), FORMAT.into());
+    m.insert("covf_version".into(), COVF_VERSION.into());
+    m.insert("run".into(), spec.name.clone());
+    m.insert("method".into(), spec.method.label());
+    m.insert("epoch".into(), epoch.to_string());
+    m.insert("epochs".into(), spec.epochs.to_string());
+    m.insert("arch".into(), spec.arch.name().into());
+    m.insert("dataset".into(), spec.dataset.name().into());
+    m.insert("num_classes".into(), spec.dataset.num_classes().to_string());
+    m.insert("eps".into(), spec.eps.value.to_string());
+    m.insert("eps_text".into(), spec.eps.text.clone());
+    m.insert("alpha".into(), alpha.to_string());
+    m.insert("seed".into(), spec.seed.to_string());
+    let (mean, std) = spec.dataset.normalization();
+    m.insert(
+        "normalization".into(),
+        serde_json::json!({"mean": mean, "std": std}).to_string(),
+    );
+    m
+}
+
+/// A loaded epoch checkpoint.
+pub struct Checkpoint {
+    pub tensors: HashMap<String, Tensor>,
+    pub meta: BTreeMap<String, String>,
+}
+
+impl Checkpoint {
+    pub fn load(path: &Path, dev: &Device) -> Result<Checkpoint> {
+        let (tensors, meta) = load_tensors(path, dev)?;
+        if meta.get("format").map(String::as_str) != Some(FORMAT) {
+            return Err(CovfError::checkpoint(
+                path,
+                format!("no '{FORMAT}' format tag in the metadata: not a covf checkpoint"),
+            ));
+        }
+        Ok(Checkpoint { tensors, meta })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.meta.get(key).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::DatasetKind;
+    use crate::models::{build, Arch, ArchSpec, Classifier, Mode};
+    use crate::rng::Rng;
+
+    #[test]
+    fn save_load_gives_identical_logits_and_buffers() {
+        let dev = Device::Cpu;
+        let spec = ArchSpec::new(Arch::PreActTiny, DatasetKind::FashionMnist);
+        let (m, store) = build(&spec, &dev, 11).unwrap();
+        let x = Rng::new(1).uniform_tensor(&[3, 1, 28, 28], 0.0, 1.0, &dev).unwrap();
+        // Move the BN statistics away from their init so that the buffers matter.
+        m.logits(&x, Mode::TRAIN).unwrap();
+        let before: Vec<f32> = m
+            .logits(&x, Mode::EVAL)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("epoch-001.safetensors");
+        let mut meta = BTreeMap::new();
+        meta.insert("format".to_string(), FORMAT.to_string());
+        meta.insert("epoch".to_string(), "1".to_string());
+        save_tensors(&p, &store.snapshot(), &meta).unwrap();
+        let (m2, store2) = build(&spec, &dev, 99).unwrap();
+        let ck = Checkpoint::load(&p, &dev).unwrap();
+        assert_eq!(ck.get("epoch"), Some("1"));
+        store2.load(&ck.tensors, &p).unwrap();
+        let after: Vec<f32> = m2
+            .logits(&x, Mode::EVAL)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(before, after);
+        assert_eq!(ck.tensors["bn.num_batches_tracked"].to_scalar::<i64>().unwrap(), 1);
+        // No temp file is left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn corrupt_and_foreign_files_are_rejected_with_the_path() {
+        let dev = Device::Cpu;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.safetensors");
+        std::fs::write(&p, b"not a checkpoint").unwrap();
+        let e = Checkpoint::load(&p, &dev).err().unwrap().to_string();
+        assert!(e.contains("bad.safetensors"), "{e}");
+        // A valid safetensors file without covf's format tag.
+        let mut t = BTreeMap::new();
+        t.insert("w".to_string(), Tensor::new(&[1f32], &dev).unwrap());
+        save_tensors(&p, &t, &BTreeMap::new()).unwrap();
+        assert!(Checkpoint::load(&p, &dev)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("not a covf checkpoint"));
+        // Another architecture's weights do not load.
+        let (_, tiny) = build(&ArchSpec::new(Arch::PreActTiny, DatasetKind::FashionMnist), &dev, 0).unwrap();
+        let (_, r18) = build(&ArchSpec::new(Arch::PreAct18, DatasetKind::FashionMnist), &dev, 0).unwrap();
+        let snap: HashMap<String, Tensor> = r18.snapshot().into_iter().collect();
+        assert!(tiny
+            .load(&snap, &p)
+            .unwrap_err()
+            .to_string()
+            .contains("another architecture"));
+    }
+}

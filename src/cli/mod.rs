@@ -1,0 +1,40 @@
+//! Command-line types (clap) and their conversion into the library's validated specs.
+
+pub mod runs;
+pub mod train;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "covf",
+    version,
+    about = "Diagnose catastrophic overfitting in fast adversarial training",
+    long_about = "covf trains convnets adversarially (FGSM, FGSM-RS, PGD, ...), saves a checkpoint every epoch \
+and measures, epoch by epoch, whether the model catastrophically overfits.",
+    after_help = "Examples:\n  covf train --method fgsm --save-every-epoch\n  covf train --method pgd --steps 10 --save-every-epoch\n  covf runs"
+)]
+pub struct Cli {
+    /// Directory holding one sub-directory per run.
+    #[arg(long, global = true, default_value = "checkpoints", value_name = "DIR")]
+    pub checkpoints: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a model adversarially, checkpointing every epoch.
+    Train(Box<train::TrainArgs>),
+    /// List runs: method, dataset, arch, epochs done, last metrics.
+    Runs(runs::RunsArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Train(a) => train::run(*a, &cli.checkpoints),
+        Command::Runs(a) => runs::run(a, &cli.checkpoints),
+    }
+}

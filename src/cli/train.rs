@@ -1,0 +1,276 @@
+//! `covf train`: flags -> a validated `TrainSpec` (dataset-dependent defaults resolved here), then fit.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+
+use covf::checkpoint::RunDir;
+use covf::data::{Augment, DatasetKind};
+use covf::device::parse_device;
+use covf::models::Arch;
+use covf::optim::LrSchedule;
+use covf::train::{fit, EpochEvalSpec, Eps, FitOptions, MethodSpec, TrainSpec};
+use covf::CovfError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
+    Fgsm,
+    FgsmRs,
+    Pgd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScheduleArg {
+    Cyclic,
+    Constant,
+    Piecewise,
+}
+
+/// Defaults of the CPU setting (Fashion-MNIST) chosen so that FGSM overfits catastrophically
+/// within the run and PGD-10 does not; how they were found: docs/default-setting.md.
+pub mod fmnist_defaults {
+    pub const EPS: &str = "0.3";
+    pub const EPOCHS: usize = 10;
+    pub const TRAIN_SUBSET: Option<usize> = Some(10_000);
+    pub const LR_MAX: f64 = 0.2;
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  covf train --method fgsm --save-every-epoch                 # the CPU default: Fashion-MNIST, shows CO
+  covf train --method pgd --steps 10 --save-every-epoch       # the PGD-10 reference model
+  covf train --method fgsm-rs --eps 8/255 --dataset cifar10 --data-dir ~/data/cifar-10-batches-bin --arch preact18
+  covf train --method fgsm --name my-run --resume             # continue an interrupted run")]
+pub struct TrainArgs {
+    /// Training method.
+    #[arg(long, value_enum, default_value = "fgsm")]
+    pub method: MethodArg,
+    /// PGD steps (method pgd).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// PGD restarts per batch (method pgd).
+    #[arg(long, default_value_t = 1)]
+    pub restarts: usize,
+    /// Input step size α in pixel units [default: fgsm ε, fgsm-rs 1.25ε, pgd ε/4 (2/255 at 8/255)].
+    #[arg(long, value_name = "A")]
+    pub alpha: Option<String>,
+    /// Perturbation budget ε (L∞, pixel units), e.g. 8/255 or 0.3 [default: 0.3 on fmnist and mnist, 8/255 on CIFAR].
+    #[arg(long, value_name = "EPS")]
+    pub eps: Option<String>,
+    /// Dataset: fmnist, mnist, cifar10, cifar100.
+    #[arg(long, default_value = "fmnist")]
+    pub dataset: String,
+    /// Directory with the dataset files [default for fmnist: /usr/share/datasets/fashion-mnist].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Architecture: preact-tiny (CPU default), preact18, wrn34-10 [default: preact-tiny on 28x28 sets, preact18 on CIFAR].
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Epochs [default: 10 on fmnist/mnist, 30 on CIFAR].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum, default_value = "cyclic")]
+    pub lr_schedule: ScheduleArg,
+    /// Peak (cyclic) or initial (constant, piecewise) learning rate.
+    #[arg(long, default_value_t = fmnist_defaults::LR_MAX)]
+    pub lr_max: f64,
+    /// Cyclic: where the peak sits, as a fraction of the run.
+    #[arg(long, default_value_t = 0.5)]
+    pub lr_peak: f64,
+    /// Piecewise: fractions of the run at which the rate is multiplied by --lr-gamma.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.75")]
+    pub lr_milestones: Vec<f64>,
+    #[arg(long, default_value_t = 0.1)]
+    pub lr_gamma: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Train on a fixed, seeded subset of N images [default: 10000 on fmnist/mnist; all on CIFAR]; 0 = all.
+    #[arg(long, value_name = "N")]
+    pub train_subset: Option<usize>,
+    /// Per-epoch test metrics on a fixed, seeded subset of N test images.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub test_subset: usize,
+    /// Augmentation on (the dataset's usual one: CIFAR crop+flip) or off [default: on for CIFAR, off otherwise].
+    #[arg(long, overrides_with = "no_augment")]
+    pub augment: bool,
+    #[arg(long, overrides_with = "augment")]
+    pub no_augment: bool,
+    /// PGD steps of the per-epoch test evaluation.
+    #[arg(long, default_value_t = 10)]
+    pub eval_pgd_steps: usize,
+    /// Keep a checkpoint of every epoch (otherwise only the last).
+    #[arg(long)]
+    pub save_every_epoch: bool,
+    /// Run name [default: <method>-<dataset>-<arch>-eps<ε>-s<seed>].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Overwrite an existing run of the same name.
+    #[arg(long)]
+    pub force: bool,
+    /// Continue an interrupted run from its last complete epoch (its saved settings are used).
+    #[arg(long, conflicts_with = "force")]
+    pub resume: bool,
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+fn small_images(d: DatasetKind) -> bool {
+    matches!(d, DatasetKind::FashionMnist | DatasetKind::Mnist)
+}
+
+/// Resolves defaults and validates: the library only ever sees the result.
+pub fn to_spec(a: &TrainArgs) -> covf::Result<TrainSpec> {
+    let dataset = DatasetKind::parse(&a.dataset)?;
+    let small = small_images(dataset);
+    let eps = Eps::parse(
+        a.eps
+            .as_deref()
+            .unwrap_or(if small { fmnist_defaults::EPS } else { "8/255" }),
+    )?;
+    let arch = match &a.arch {
+        Some(s) => Arch::parse(s)?,
+        None if small => Arch::PreActTiny,
+        None => Arch::PreAct18,
+    };
+    let alpha = match &a.alpha {
+        Some(s) => Some(
+            Eps::parse(s)
+                .map_err(|_| CovfError::spec("alpha", format!("'{s}': write it as 2/255 or 0.01, in (0, 1]")))?
+                .value,
+        ),
+        None => None,
+    };
+    let method = match a.method {
+        MethodArg::Fgsm => MethodSpec::Fgsm {
+            alpha: alpha.unwrap_or(eps.value),
+        },
+        MethodArg::FgsmRs => MethodSpec::FgsmRs {
+            alpha: alpha.unwrap_or(1.25 * eps.value),
+        },
+        MethodArg::Pgd => MethodSpec::Pgd {
+            steps: a.steps,
+            alpha: alpha.unwrap_or(eps.scaled(2.0 / 255.0)),
+            restarts: a.restarts,
+        },
+    };
+    let epochs = a.epochs.unwrap_or(if small { fmnist_defaults::EPOCHS } else { 30 });
+    let train_subset = match a.train_subset {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None if small => fmnist_defaults::TRAIN_SUBSET,
+        None => None,
+    };
+    let schedule = match a.lr_schedule {
+        ScheduleArg::Cyclic => LrSchedule::Cyclic {
+            max: a.lr_max,
+            peak: a.lr_peak,
+            epochs,
+        },
+        ScheduleArg::Constant => LrSchedule::Constant { lr: a.lr_max },
+        ScheduleArg::Piecewise => LrSchedule::Piecewise {
+            lr: a.lr_max,
+            milestones: a.lr_milestones.clone(),
+            gamma: a.lr_gamma,
+            epochs,
+        },
+    };
+    let augment = if a.no_augment {
+        Augment::none()
+    } else if a.augment {
+        match dataset.default_augment() {
+            aug if aug.is_none() => Augment { pad: 2, flip: false },
+            aug => aug,
+        }
+    } else {
+        dataset.default_augment()
+    };
+    let name = a
+        .name
+        .clone()
+        .unwrap_or_else(|| TrainSpec::default_name(&method, dataset, arch, &eps, a.seed));
+    let spec = TrainSpec {
+        name,
+        method,
+        dataset,
+        data_dir: a.data_dir.clone(),
+        arch,
+        eval: EpochEvalSpec {
+            test_subset: a.test_subset,
+            pgd_steps: a.eval_pgd_steps,
+            pgd_alpha: eps.scaled(2.0 / 255.0),
+            probe_steps: 5,
+            probe_drop: 0.2,
+        },
+        eps,
+        epochs,
+        batch_size: a.batch_size,
+        schedule,
+        momentum: a.momentum,
+        weight_decay: a.weight_decay,
+        seed: a.seed,
+        train_subset,
+        augment,
+        save_every_epoch: a.save_every_epoch,
+        device: a.device.clone(),
+    };
+    spec.validate()?;
+    Ok(spec)
+}
+
+pub fn run(a: TrainArgs, root: &Path) -> anyhow::Result<()> {
+    let mut spec = to_spec(&a)?;
+    let dev = parse_device(&a.device)?;
+    if a.resume {
+        let run = RunDir::new(root, &spec.name)?;
+        if run.exists() {
+            let stored = run.read_spec()?;
+            if stored.method != spec.method
+                || stored.eps != spec.eps
+                || stored.epochs != spec.epochs
+                || stored.seed != spec.seed
+            {
+                eprintln!(
+                    "note: --resume continues {} with its saved settings (run.json); other flags are ignored",
+                    spec.name
+                );
+            }
+            spec = TrainSpec {
+                device: a.device.clone(),
+                ..stored
+            };
+        }
+    }
+    let summary = fit(
+        &spec,
+        root,
+        &dev,
+        &FitOptions {
+            quiet: a.quiet,
+            resume: a.resume,
+            force: a.force,
+        },
+    )?;
+    if !a.quiet {
+        if let Some(last) = summary.records.last() {
+            eprintln!(
+                "done: {} epochs in {}; final test clean {:.1}%, PGD-{} {:.1}%",
+                last.epoch,
+                summary.run.path.display(),
+                100.0 * last.test_acc_clean,
+                last.pgd_steps,
+                100.0 * last.test_acc_pgd
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! covf: diagnose catastrophic overfitting in fast adversarial training (library; the CLI is a thin layer on top).
+
+pub mod attacks;
+pub mod checkpoint;
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod eval;
+pub mod metrics;
+pub mod models;
+pub mod optim;
+pub mod rng;
+pub mod runs;
+pub mod train;
+
+pub use error::{CovfError, Result};

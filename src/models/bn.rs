@@ -1,0 +1,341 @@
+//! Fused CPU batch norm + ReLU (training: batch statistics; eval: per-channel affine), forward and backward.
+//!
+//! Composed from candle ops, batch norm costs about ten full passes over the activations (strided
+//! reductions over N, H, W among them) and was the largest cost of our training step after convolution.
+//! Every BatchNorm in a pre-activation ResNet is followed by a ReLU, so both are fused into one op.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{what}: only f32 is supported on CPU, got {:?}", s.dtype())
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{what}: input must be contiguous"),
+    }
+}
+
+/// Per-channel (mean, biased variance) of an (N, C, H, W) slice.
+fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut s, mut s2) = (0f64, 0f64);
+            for b in 0..n {
+                let p = &x[(b * c + ch) * hw..(b * c + ch + 1) * hw];
+                let (mut a, mut a2) = (0f32, 0f32);
+                for &v in p {
+                    a += v;
+                    a2 += v * v;
+                }
+                s += f64::from(a);
+                s2 += f64::from(a2);
+            }
+            let m = (n * hw) as f64;
+            let mean = s / m;
+            (mean, (s2 / m - mean * mean).max(0.0))
+        })
+        .collect()
+}
+
+fn dims(l: &Layout) -> Result<(usize, usize, usize)> {
+    match l.dims() {
+        [n, c, h, w] => Ok((*n, *c, h * w)),
+        d => candle_core::bail!("batch norm expects (N, C, H, W), got {d:?}"),
+    }
+}
+
+/// relu(γ·(x − μ_B)/sqrt(σ²_B + eps) + β) with batch statistics.
+struct BnReluTrain {
+    eps: f64,
+}
+
+impl CustomOp3 for BnReluTrain {
+    fn name(&self) -> &'static str {
+        "covf-bn-relu-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "bn")?;
+        let g = slice(s2, l2, "bn weight")?;
+        let b = slice(s3, l3, "bn bias")?;
+        let (n, c, hw) = dims(l1)?;
+        let stats = channel_stats(x, n, c, hw);
+        let coef: Vec<(f32, f32)> = stats
+            .iter()
+            .enumerate()
+            .map(|(ch, &(m, v))| {
+                let sc = f64::from(g[ch]) / (v + self.eps).sqrt();
+                (sc as f32, (f64::from(b[ch]) - m * sc) as f32)
+            })
+            .collect();
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw))
+            .enumerate()
+            .for_each(|(i, (o, xi))| {
+                let (sc, sh) = coef[i % c];
+                for (o, &v) in o.iter_mut().zip(xi) {
+                    *o = (v * sc + sh).max(0.0);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        g: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c, h, w) = x.dims4()?;
+        let hw = h * w;
+        let xv = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let yv = res.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let dyv = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let gv = g.to_vec1::<f32>()?;
+        let stats = channel_stats(&xv, n, c, hw);
+        let m = (n * hw) as f64;
+        // Per channel: dβ = Σ d, dγ = Σ d·x̂ with d = dy·[y > 0]; dx = γ·istd/m·(m·d − Σd − x̂·Σ d·x̂).
+        let sums: Vec<(f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mean, var) = stats[ch];
+                let istd = 1.0 / (var + self.eps).sqrt();
+                let (mut sd, mut sdx) = (0f64, 0f64);
+                for b in 0..n {
+                    let o = (b * c + ch) * hw;
+                    let (mut a, mut a2) = (0f32, 0f32);
+                    for i in o..o + hw {
+                        if yv[i] > 0.0 {
+                            a += dyv[i];
+                            a2 += dyv[i] * ((f64::from(xv[i]) - mean) * istd) as f32;
+                        }
+                    }
+                    sd += f64::from(a);
+                    sdx += f64::from(a2);
+                }
+                (sd, sdx)
+            })
+            .collect();
+        let mut dx = vec![0f32; xv.len()];
+        dx.par_chunks_mut(hw).enumerate().for_each(|(p, d)| {
+            let ch = p % c;
+            let (mean, var) = stats[ch];
+            let istd = 1.0 / (var + self.eps).sqrt();
+            let (sd, sdx) = sums[ch];
+            let k = f64::from(gv[ch]) * istd / m;
+            let o = p * hw;
+            for (j, dxj) in d.iter_mut().enumerate() {
+                let i = o + j;
+                let dyi = if yv[i] > 0.0 { f64::from(dyv[i]) } else { 0.0 };
+                let xh = (f64::from(xv[i]) - mean) * istd;
+                *dxj = (k * (m * dyi - sd - xh * sdx)) as f32;
+            }
+        });
+        let dev = x.device();
+        let dx = Tensor::from_vec(dx, (n, c, h, w), dev)?;
+        let dg = Tensor::from_vec(sums.iter().map(|s| s.1 as f32).collect::<Vec<_>>(), c, dev)?;
+        let db = Tensor::from_vec(sums.iter().map(|s| s.0 as f32).collect::<Vec<_>>(), c, dev)?;
+        Ok((Some(dx), Some(dg), Some(db)))
+    }
+}
+
+/// relu(x·scale + shift) per channel (batch norm in eval mode, folded).
+struct AffineRelu;
+
+impl CustomOp3 for AffineRelu {
+    fn name(&self) -> &'static str {
+        "covf-affine-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "affine")?;
+        let sc = slice(s2, l2, "affine scale")?;
+        let sh = slice(s3, l3, "affine shift")?;
+        let (_, c, hw) = dims(l1)?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw))
+            .enumerate()
+            .for_each(|(i, (o, xi))| {
+                let (a, b) = (sc[i % c], sh[i % c]);
+                for (o, &v) in o.iter_mut().zip(xi) {
+                    *o = (v * a + b).max(0.0);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        _shift: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c, h, w) = x.dims4()?;
+        let hw = h * w;
+        let xv = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let yv = res.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let dyv = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let sc = scale.to_vec1::<f32>()?;
+        let mut dx = vec![0f32; xv.len()];
+        // One pass: dx = dy·[y > 0]·scale, plus per-plane partial sums for dscale and dshift.
+        let partial: Vec<(f32, f32)> = dx
+            .par_chunks_mut(hw)
+            .enumerate()
+            .map(|(p, d)| {
+                let a = sc[p % c];
+                let (mut ss, mut sh) = (0f32, 0f32);
+                for (j, dj) in d.iter_mut().enumerate() {
+                    let i = p * hw + j;
+                    if yv[i] > 0.0 {
+                        *dj = dyv[i] * a;
+                        ss += dyv[i] * xv[i];
+                        sh += dyv[i];
+                    }
+                }
+                (ss, sh)
+            })
+            .collect();
+        let mut dscale = vec![0f32; c];
+        let mut dshift = vec![0f32; c];
+        for (p, (ss, sh)) in partial.iter().enumerate() {
+            dscale[p % c] += ss;
+            dshift[p % c] += sh;
+        }
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, (n, c, h, w), dev)?),
+            Some(Tensor::from_vec(dscale, c, dev)?),
+            Some(Tensor::from_vec(dshift, c, dev)?),
+        ))
+    }
+}
+
+pub fn bn_relu_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(weight, bias, BnReluTrain { eps })
+}
+
+pub fn affine_relu(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(&scale.contiguous()?, &shift.contiguous()?, AffineRelu)
+}
+
+/// Per-channel batch mean and biased variance, (C,) each (for the running-statistics update).
+pub fn batch_stats(x: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (n, c, h, w) = x.dims4()?;
+    let v = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let st = channel_stats(&v, n, c, h * w);
+    let dev = x.device();
+    Ok((
+        Tensor::from_vec(st.iter().map(|s| s.0 as f32).collect::<Vec<_>>(), c, dev)?,
+        Tensor::from_vec(st.iter().map(|s| s.1 as f32).collect::<Vec<_>>(), c, dev)?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use candle_core::{Device, Var};
+
+    fn reference(x: &Tensor, g: &Tensor, b: &Tensor) -> Tensor {
+        let c = x.dim(1).unwrap();
+        let m = (x.elem_count() / c) as f64;
+        let mean = (x.sum_keepdim((0, 2, 3)).unwrap() / m).unwrap();
+        let xc = x.broadcast_sub(&mean).unwrap();
+        let var = (xc.sqr().unwrap().sum_keepdim((0, 2, 3)).unwrap() / m).unwrap();
+        let xh = xc.broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap()).unwrap();
+        xh.broadcast_mul(&g.reshape((1, c, 1, 1)).unwrap())
+            .unwrap()
+            .broadcast_add(&b.reshape((1, c, 1, 1)).unwrap())
+            .unwrap()
+            .relu()
+            .unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn fused_train_bn_relu_matches_composed_ops() {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(8);
+        let x = Var::from_tensor(&rng.uniform_tensor(&[4, 3, 5, 5], -2.0, 3.0, &dev).unwrap()).unwrap();
+        let g = Var::from_tensor(&rng.uniform_tensor(&[3], 0.5, 1.5, &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&rng.uniform_tensor(&[3], -0.5, 0.5, &dev).unwrap()).unwrap();
+        let ours = bn_relu_train(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5).unwrap();
+        let refr = reference(x.as_tensor(), g.as_tensor(), b.as_tensor());
+        assert!(max_diff(&ours, &refr) < 1e-5);
+        let r = rng.uniform_tensor(&[4, 3, 5, 5], -1.0, 1.0, &dev).unwrap();
+        let ga = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (refr * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&x, &g, &b] {
+            let d = max_diff(ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
+            assert!(d < 1e-4, "gradient differs by {d}");
+        }
+        let (m, v) = batch_stats(x.as_tensor()).unwrap();
+        let m_ref = (x.as_tensor().sum((0, 2, 3)).unwrap() / 100.0).unwrap();
+        assert!(max_diff(&m, &m_ref) < 1e-5);
+        assert_eq!(v.dims(), &[3]);
+    }
+
+    #[test]
+    fn fused_affine_relu_matches_composed_ops() {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(9);
+        let x = Var::from_tensor(&rng.uniform_tensor(&[2, 3, 4, 4], -2.0, 2.0, &dev).unwrap()).unwrap();
+        let s = Var::from_tensor(&rng.uniform_tensor(&[3], 0.5, 1.5, &dev).unwrap()).unwrap();
+        let t = Var::from_tensor(&rng.uniform_tensor(&[3], -0.5, 0.5, &dev).unwrap()).unwrap();
+        let ours = affine_relu(x.as_tensor(), s.as_tensor(), t.as_tensor()).unwrap();
+        let refr = x
+            .as_tensor()
+            .broadcast_mul(&s.reshape((1, 3, 1, 1)).unwrap())
+            .unwrap()
+            .broadcast_add(&t.reshape((1, 3, 1, 1)).unwrap())
+            .unwrap()
+            .relu()
+            .unwrap();
+        assert!(max_diff(&ours, &refr) < 1e-6);
+        let r = rng.uniform_tensor(&[2, 3, 4, 4], -1.0, 1.0, &dev).unwrap();
+        let ga = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (refr * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&x, &s, &t] {
+            assert!(max_diff(ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap()) < 1e-5);
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The parameter store: every weight and buffer of a model by its PyTorch name, seeded init, load and save views.
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use crate::error::{CovfError, Result};
+use crate::rng::Rng;
+
+/// How a new parameter is initialised (PyTorch's defaults for the layer types covf uses).
+#[derive(Debug, Clone, Copy)]
+pub enum Init {
+    /// U(-b, b) with b = 1/sqrt(fan_in): PyTorch's default for conv and linear (kaiming_uniform, a = sqrt 5).
+    FanInUniform {
+        fan_in: usize,
+    },
+    Const(f32),
+}
+
+/// Names of buffers that are state, not trainable parameters.
+pub fn is_buffer(name: &str) -> bool {
+    name.ends_with("running_mean") || name.ends_with("running_var") || name.ends_with("num_batches_tracked")
+}
+
+/// All tensors of a model, by name, sorted (a BTreeMap: iteration order is stable, unlike candle's VarMap).
+#[derive(Debug, Clone)]
+pub struct ParamStore {
+    vars: BTreeMap<String, Var>,
+    device: Device,
+}
+
+impl ParamStore {
+    pub fn new(device: &Device) -> Self {
+        ParamStore {
+            vars: BTreeMap::new(),
+            device: device.clone(),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Creates a parameter; draws come from `rng` in creation order, so the same seed gives the same model.
+    pub fn create(&mut self, name: &str, shape: &[usize], init: Init, rng: &mut Rng) -> Result<Var> {
+        if self.vars.contains_key(name) {
+            return Err(CovfError::spec("model", format!("parameter {name} defined twice")));
+        }
+        let t = match init {
+            Init::FanInUniform { fan_in } => {
+                let b = 1.0 / (fan_in.max(1) as f32).sqrt();
+                rng.uniform_tensor(shape, -b, b, &self.device)?
+            }
+            Init::Const(v) => Tensor::full(v, shape, &self.device)?,
+        };
+        let var = Var::from_tensor(&t)?;
+        self.vars.insert(name.to_string(), var.clone());
+        Ok(var)
+    }
+
+    /// An integer counter buffer (BatchNorm's `num_batches_tracked`), kept for PyTorch compatibility.
+    pub fn create_counter(&mut self, name: &str) -> Result<Var> {
+        let var = Var::from_tensor(&Tensor::new(0i64, &self.device)?)?;
+        self.vars.insert(name.to_string(), var.clone());
+        Ok(var)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Var> {
+        self.vars.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Var)> {
+        self.vars.iter()
+    }
+
+    /// Trainable parameters (buffers excluded), sorted by name.
+    pub fn trainable(&self) -> Vec<(String, Var)> {
+        self.vars
+            .iter()
+            .filter(|(n, _)| !is_buffer(n))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect()
+    }
+
+    pub fn num_trainable(&self) -> usize {
+        self.trainable().iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// Detached copies of every tensor, for saving.
+    pub fn snapshot(&self) -> BTreeMap<String, Tensor> {
+        self.vars
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
+            .collect()
+    }
+
+    /// Overwrites every tensor from `src`; names, shapes and dtypes must match exactly.
+    pub fn load(&self, src: &HashMap<String, Tensor>, origin: &std::path::Path) -> Result<()> {
+        let missing: Vec<&String> = self.vars.keys().filter(|k| !src.contains_key(*k)).collect();
+        if !missing.is_empty() {
+            return Err(CovfError::checkpoint(
+                origin,
+                format!(
+                    "missing {} tensor(s) the model needs, e.g. {} (another architecture?)",
+                    missing.len(),
+                    missing[0]
+                ),
+            ));
+        }
+        if let Some(extra) = src.keys().find(|k| !self.vars.contains_key(*k)) {
+            return Err(CovfError::checkpoint(
+                origin,
+                format!("tensor {extra} is not part of this model (another architecture?)"),
+            ));
+        }
+        for (name, var) in &self.vars {
+            let t = &src[name];
+            if t.dims() != var.dims() {
+                return Err(CovfError::checkpoint(
+                    origin,
+                    format!("{name} has shape {:?}, the model expects {:?}", t.dims(), var.dims()),
+                ));
+            }
+            let t = if t.dtype() == var.dtype() {
+                t.clone()
+            } else if var.dtype() == DType::I64 || t.dtype() == DType::I64 {
+                return Err(CovfError::checkpoint(
+                    origin,
+                    format!("{name} has dtype {:?}, expected {:?}", t.dtype(), var.dtype()),
+                ));
+            } else {
+                t.to_dtype(var.dtype())?
+            };
+            var.set(&t.to_device(&self.device)?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,320 @@
+//! The one generic training loop: data, schedule, method steps, per-epoch evaluation, checkpoints, resume.
+//!
+//! Every random draw of epoch e comes from streams derived from (seed, e): shuffling, augmentation,
+//! attack starts, evaluation. Together with the saved momentum buffers this makes a resumed run end
+//! with exactly the weights of an uninterrupted one on CPU.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{build_method, StepCtx, StepStats, TrainSpec};
+use crate::attacks::{correct, Attack, AttackCtx, Fgsm, Pgd};
+use crate::checkpoint::{self, Checkpoint, RunDir};
+use crate::data::{self, Batch, Dataset};
+use crate::error::{CovfError, Result};
+use crate::eval::evaluate;
+use crate::metrics::{self, EpochRecord};
+use crate::models::{self, ArchSpec, Classifier, Mode, PreActResNet};
+use crate::optim::Sgd;
+use crate::rng::Rng;
+
+/// Seed of the fixed train/test subsets: the same images for every run, whatever its training seed.
+pub const DATA_SEED: u64 = 0;
+
+#[derive(Debug, Clone, Default)]
+pub struct FitOptions {
+    pub quiet: bool,
+    /// Continue the run in `checkpoints/<name>` from its last complete epoch.
+    pub resume: bool,
+    /// Delete an existing run of the same name and start over.
+    pub force: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct FitSummary {
+    pub run: RunDir,
+    pub records: Vec<EpochRecord>,
+    pub resumed_from: Option<usize>,
+}
+
+/// Loads the datasets a spec asks for (subsets applied).
+pub fn load_data(spec: &TrainSpec) -> Result<(Dataset, Dataset)> {
+    let (train, test) = data::load(spec.dataset, spec.data_dir.as_deref())?;
+    let train = match spec.train_subset {
+        Some(n) if n < train.len() => train.subset(n, DATA_SEED, "train")?,
+        Some(n) if n > train.len() => {
+            return Err(CovfError::spec(
+                "train subset",
+                format!("{n} requested, the training set has {}", train.len()),
+            ))
+        }
+        _ => train,
+    };
+    let test = if spec.eval.test_subset < test.len() {
+        test.subset(spec.eval.test_subset, DATA_SEED, "test")?
+    } else {
+        test
+    };
+    Ok((train, test))
+}
+
+fn state_meta(epoch: usize, records: &[EpochRecord]) -> Result<BTreeMap<String, String>> {
+    let mut m = BTreeMap::new();
+    m.insert("epoch".into(), epoch.to_string());
+    m.insert("metrics".into(), serde_json::to_string(records)?);
+    m.insert("covf_version".into(), checkpoint::COVF_VERSION.into());
+    Ok(m)
+}
+
+struct Resume {
+    epoch: usize,
+    records: Vec<EpochRecord>,
+}
+
+/// Restores weights, momentum and metric rows from the last complete epoch of `run`.
+fn restore(run: &RunDir, store: &models::ParamStore, opt: &mut Sgd, dev: &Device) -> Result<Option<Resume>> {
+    let sp = run.state_path();
+    if !sp.is_file() {
+        return Ok(None);
+    }
+    let (bufs, meta) = checkpoint::load_tensors(&sp, dev)?;
+    let epoch: usize = meta
+        .get("epoch")
+        .and_then(|e| e.parse().ok())
+        .ok_or_else(|| CovfError::checkpoint(&sp, "no epoch in the metadata"))?;
+    let records: Vec<EpochRecord> = serde_json::from_str(meta.get("metrics").map(String::as_str).unwrap_or("[]"))
+        .map_err(|e| CovfError::checkpoint(&sp, format!("bad metrics: {e}")))?;
+    let ck = Checkpoint::load(&run.epoch_path(epoch), dev)?;
+    store.load(&ck.tensors, &run.epoch_path(epoch))?;
+    opt.load_state(bufs)?;
+    Ok(Some(Resume {
+        epoch,
+        records: records.into_iter().filter(|r| r.epoch <= epoch).collect(),
+    }))
+}
+
+fn progress(quiet: bool, n: usize, epoch: usize, epochs: usize) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(n as u64);
+    let style = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    pb.set_style(style);
+    pb.set_prefix(format!("{epoch}/{epochs}"));
+    pb
+}
+
+/// PGD-5 accuracy on one batch, BN in eval mode (Wong et al.'s early-stop probe).
+fn co_probe(model: &PreActResNet, batch: &Batch, spec: &TrainSpec, epoch: usize) -> Result<f64> {
+    let mut pgd = Pgd::new(spec.eps.value, spec.eval.probe_steps);
+    pgd.alpha = spec.eval.pgd_alpha;
+    let mut rng = Rng::derive(spec.seed, "co-probe", epoch as u64);
+    let p = pgd.perturb(
+        model,
+        &batch.x,
+        &batch.y,
+        &mut AttackCtx {
+            mode: Mode::EVAL,
+            rng: &mut rng,
+        },
+    )?;
+    let logits = model.logits(&(&batch.x + &p.delta)?, Mode::EVAL)?;
+    Ok(correct(&logits, &batch.y)? as f64 / batch.len().max(1) as f64)
+}
+
+/// Trains `spec` into `root/<spec.name>`, checkpointing every epoch (or only the last), and returns the metrics.
+pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Result<FitSummary> {
+    spec.validate()?;
+    let run = RunDir::new(root, &spec.name)?;
+    if run.exists() && !opts.resume {
+        if !opts.force {
+            return Err(CovfError::run(
+                &spec.name,
+                format!(
+                    "already exists in {}: pass --resume to continue it or --force to start over",
+                    run.path.display()
+                ),
+            ));
+        }
+        std::fs::remove_dir_all(&run.path).map_err(|e| CovfError::io(&run.path, e))?;
+    }
+    let (train, test) = load_data(spec)?;
+    let arch = ArchSpec::new(spec.arch, spec.dataset);
+    let (model, store) = models::build(&arch, dev, spec.seed)?;
+    let mut opt = Sgd::new(store.trainable(), spec.momentum, spec.weight_decay);
+    let mut method = build_method(&spec.method, spec.eps.value);
+
+    let resumed = if opts.resume && run.exists() {
+        restore(&run, &store, &mut opt, dev)?
+    } else {
+        None
+    };
+    let (start, mut records) = match resumed {
+        Some(r) => (r.epoch, r.records),
+        None => {
+            run.write_spec(spec)?;
+            (0, Vec::new())
+        }
+    };
+    let resumed_from = (start > 0).then_some(start);
+    if !opts.quiet {
+        match resumed_from {
+            Some(e) => eprintln!("resuming {} after epoch {e}/{}", spec.name, spec.epochs),
+            None => eprintln!(
+                "training {} on {} ({} train, {} test images), {} ({} parameters), ε = {}",
+                spec.name,
+                spec.dataset.name(),
+                train.len(),
+                test.len(),
+                spec.arch.name(),
+                store.num_trainable(),
+                spec.eps.text
+            ),
+        }
+    }
+
+    let fgsm = Fgsm::new(spec.eps.value);
+    let mut pgd = Pgd::new(spec.eps.value, spec.eval.pgd_steps);
+    pgd.alpha = spec.eval.pgd_alpha;
+    let aug = spec.augment;
+
+    for epoch in start..spec.epochs {
+        let e1 = epoch + 1;
+        let t0 = Instant::now();
+        let batches = data::epoch_batches(train.len(), spec.batch_size, spec.seed, epoch, true);
+        let nb = batches.len();
+        let mut aug_rng = Rng::derive(spec.seed, "augment", epoch as u64);
+        let mut step_rng = Rng::derive(spec.seed, "step", epoch as u64);
+        let pb = progress(opts.quiet, nb, e1, spec.epochs);
+        let mut totals = StepStats::default();
+        let mut first: Option<Batch> = None;
+        let mut lr = 0.0;
+        for (i, pos) in batches.iter().enumerate() {
+            let batch = train.batch(pos, Some((&aug, &mut aug_rng)), dev)?;
+            lr = spec.schedule.lr_at(epoch as f64 + (i + 1) as f64 / nb as f64);
+            let s = method.step(
+                &model,
+                &batch,
+                &mut StepCtx {
+                    opt: &mut opt,
+                    lr,
+                    rng: &mut step_rng,
+                },
+            )?;
+            if !s.loss_adv_sum.is_finite() {
+                pb.abandon();
+                return Err(CovfError::Diverged(format!(
+                    "non-finite training loss at epoch {e1}, batch {}/{nb} (lr {lr:.4}); the last good checkpoint is epoch {epoch} in {}",
+                    i + 1,
+                    run.path.display()
+                )));
+            }
+            totals.add(&s);
+            if first.is_none() {
+                first = Some(batch);
+            }
+            pb.inc(1);
+            let n = totals.n.max(1) as f64;
+            pb.set_message(format!(
+                "loss {:.3} adv acc {:.3}",
+                totals.loss_adv_sum / n,
+                totals.correct_adv as f64 / n
+            ));
+        }
+        pb.finish_and_clear();
+        let epoch_seconds = t0.elapsed().as_secs_f64();
+
+        let t1 = Instant::now();
+        let frozen = model.detached();
+        let mut eval_rng = Rng::derive(spec.seed, "eval", epoch as u64);
+        let bs = spec.batch_size.max(256);
+        let clean = evaluate(&frozen, &test, None, bs, &mut eval_rng, dev)?;
+        let fg = evaluate(&frozen, &test, Some(&fgsm as &dyn Attack), bs, &mut eval_rng, dev)?;
+        let pg = evaluate(&frozen, &test, Some(&pgd as &dyn Attack), bs, &mut eval_rng, dev)?;
+        let probe = match &first {
+            Some(b) => co_probe(&frozen, b, spec, epoch)?,
+            None => 0.0,
+        };
+        let co_flag = records
+            .last()
+            .is_some_and(|p: &EpochRecord| probe - p.co_probe_acc < -f64::from(spec.eval.probe_drop));
+        let eval_seconds = t1.elapsed().as_secs_f64();
+        let n = totals.n.max(1) as f64;
+        let rec = EpochRecord {
+            run: spec.name.clone(),
+            method: spec.method.label(),
+            epoch: e1,
+            lr,
+            train_loss_adv: totals.loss_adv_sum / n,
+            train_acc_adv: totals.correct_adv as f64 / n,
+            train_loss_clean: totals.loss_clean_sum / n,
+            train_acc_clean: totals.correct_clean as f64 / n,
+            test_acc_clean: clean.acc,
+            test_acc_fgsm: fg.acc,
+            test_acc_pgd: pg.acc,
+            test_loss_pgd: pg.loss,
+            pgd_steps: spec.eval.pgd_steps,
+            test_n: test.len(),
+            co_probe_acc: probe,
+            co_flag,
+            epoch_seconds,
+            eval_seconds,
+        };
+        records.push(rec.clone());
+
+        // Order matters for crash safety: the epoch checkpoint, then the resume state that points at it.
+        let meta = checkpoint::epoch_metadata(spec, e1, method.alpha());
+        checkpoint::save_tensors(&run.epoch_path(e1), &store.snapshot(), &meta)?;
+        checkpoint::save_tensors(&run.state_path(), opt.state(), &state_meta(e1, &records)?)?;
+        metrics::write(&run.path, &records)?;
+        if !spec.save_every_epoch && epoch > 0 {
+            let prev = run.epoch_path(epoch);
+            if prev.is_file() {
+                std::fs::remove_file(&prev).map_err(|e| CovfError::io(&prev, e))?;
+            }
+        }
+        if !opts.quiet {
+            eprintln!(
+                "epoch {e1:>3}/{}  loss {:.4}  train adv {:.3} clean {:.3} | test clean {:.3} fgsm {:.3} pgd{} {:.3} | probe {:.3}{} | lr {:.4} | {:.1}s + eval {:.1}s",
+                spec.epochs,
+                rec.train_loss_adv,
+                rec.train_acc_adv,
+                rec.train_acc_clean,
+                rec.test_acc_clean,
+                rec.test_acc_fgsm,
+                spec.eval.pgd_steps,
+                rec.test_acc_pgd,
+                rec.co_probe_acc,
+                if co_flag { " CO!" } else { "" },
+                lr,
+                epoch_seconds,
+                eval_seconds
+            );
+        }
+    }
+    Ok(FitSummary {
+        run,
+        records,
+        resumed_from,
+    })
+}
+
+/// Loads an epoch checkpoint into a fresh model of the architecture its run was trained with.
+pub fn load_model(spec: &TrainSpec, path: &Path, dev: &Device) -> Result<(PreActResNet, Checkpoint)> {
+    let arch = ArchSpec::new(spec.arch, spec.dataset);
+    let (model, store) = models::build(&arch, dev, spec.seed)?;
+    let ck = Checkpoint::load(path, dev)?;
+    store.load(&ck.tensors, path)?;
+    Ok((model, ck))
+}
+
+/// Logits of a model on a batch (eval mode), detached: a convenience for tests and tools.
+pub fn eval_logits(model: &PreActResNet, x: &Tensor) -> Result<Tensor> {
+    Ok(model.logits(x, Mode::EVAL)?.detach())
+}

@@ -1,0 +1,457 @@
+//! Integration tests: the real `covf` binary on small real Fashion-MNIST subsets and on small files
+//! written here in the real MNIST (IDX, gzipped) and CIFAR-10/100 binary formats.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+
+const FMNIST: &str = "/usr/share/datasets/fashion-mnist";
+
+fn covf(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_covf"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("covf binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn require_fmnist() {
+    assert!(
+        Path::new(FMNIST).is_dir(),
+        "Fashion-MNIST is missing: `apt-get install -y dataset-fashion-mnist` (.ci/run does this)"
+    );
+}
+
+const SMALL: &[&str] = &[
+    "--train-subset",
+    "512",
+    "--test-subset",
+    "100",
+    "--epochs",
+    "2",
+    "--quiet",
+];
+
+#[test]
+fn trains_two_epochs_on_fashion_mnist_and_writes_everything() {
+    require_fmnist();
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["train", "--method", "fgsm", "--save-every-epoch", "--name", "t"];
+    args.extend_from_slice(SMALL);
+    let o = covf(&args, dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let run = dir.path().join("checkpoints/t");
+    for f in [
+        "run.json",
+        "epoch-001.safetensors",
+        "epoch-002.safetensors",
+        "metrics.parquet",
+        "metrics.csv",
+        "train-state.safetensors",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(spec["spec"]["method"]["name"], "fgsm");
+    assert_eq!(spec["spec"]["train_subset"], 512);
+    let (tensors, meta) = covf::checkpoint::load_tensors(&run.join("epoch-002.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(meta["epoch"], "2");
+    assert_eq!(meta["method"], "fgsm");
+    assert_eq!(meta["dataset"], "fmnist");
+    assert_eq!(meta["arch"], "preact-tiny");
+    assert_eq!(meta["eps_text"], "0.3");
+    assert_eq!(meta["seed"], "0");
+    assert!(meta.contains_key("covf_version") && meta.contains_key("alpha"));
+    assert!(tensors.contains_key("layer1.0.bn1.running_mean") && tensors.contains_key("linear.weight"));
+    let df = covf::metrics::read_parquet(&run.join("metrics.parquet")).unwrap();
+    assert_eq!(df.height(), 2);
+    for col in [
+        "train_acc_adv",
+        "train_acc_clean",
+        "test_acc_clean",
+        "test_acc_pgd",
+        "test_acc_fgsm",
+        "co_probe_acc",
+    ] {
+        let v: Vec<f64> = df
+            .column(col)
+            .unwrap()
+            .f64()
+            .unwrap()
+            .iter()
+            .map(|x| x.unwrap())
+            .collect();
+        assert!(v.iter().all(|a| (0.0..=1.0).contains(a)), "{col} {v:?}");
+    }
+    // Two epochs on 512 images learn something: clean test accuracy well above chance (10%).
+    let clean: Vec<f64> = df
+        .column("test_acc_clean")
+        .unwrap()
+        .f64()
+        .unwrap()
+        .iter()
+        .map(|x| x.unwrap())
+        .collect();
+    assert!(clean[1] > 0.3, "clean accuracy {clean:?}");
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3);
+
+    // covf runs lists it; an existing run is not overwritten without --force.
+    let o = covf(&["runs"], dir.path());
+    assert!(
+        o.status.success() && text(&o).contains("t ") && text(&o).contains("2/2"),
+        "{}",
+        text(&o)
+    );
+    let o = covf(&args, dir.path());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--force"));
+}
+
+#[test]
+fn only_the_last_epoch_is_kept_without_the_flag() {
+    require_fmnist();
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["train", "--method", "fgsm-rs", "--name", "last"];
+    args.extend_from_slice(SMALL);
+    let o = covf(&args, dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let run = dir.path().join("checkpoints/last");
+    assert!(!run.join("epoch-001.safetensors").exists());
+    assert!(run.join("epoch-002.safetensors").is_file());
+}
+
+fn tensors_of(p: &Path) -> Vec<(String, Vec<f32>)> {
+    let (t, _) = covf::checkpoint::load_tensors(p, &Device::Cpu).unwrap();
+    let mut v: Vec<(String, Vec<f32>)> = t
+        .into_iter()
+        .map(|(k, t)| {
+            (
+                k,
+                t.to_dtype(candle_core::DType::F32)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_the_same_weights() {
+    require_fmnist();
+    let dir = tempfile::tempdir().unwrap();
+    let base = [
+        "--method",
+        "pgd",
+        "--steps",
+        "2",
+        "--train-subset",
+        "384",
+        "--test-subset",
+        "50",
+        "--epochs",
+        "3",
+        "--quiet",
+        "--save-every-epoch",
+    ];
+    let mut a = vec!["train", "--name", "full"];
+    a.extend_from_slice(&base);
+    let o = covf(&a, dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+
+    // Kill the second run as soon as its first epoch is complete, then resume it.
+    let mut b = vec!["train", "--name", "cut"];
+    b.extend_from_slice(&base);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_covf"))
+        .args(&b)
+        .current_dir(dir.path())
+        .spawn()
+        .unwrap();
+    let state = dir.path().join("checkpoints/cut/train-state.safetensors");
+    let t0 = Instant::now();
+    while !state.exists() && t0.elapsed() < Duration::from_secs(600) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !dir.path().join("checkpoints/cut/epoch-003.safetensors").exists(),
+        "the run finished before it could be interrupted"
+    );
+    let mut r = vec!["train", "--name", "cut", "--resume"];
+    r.extend_from_slice(&base);
+    let o = covf(&r, dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let full = tensors_of(&dir.path().join("checkpoints/full/epoch-003.safetensors"));
+    let cut = tensors_of(&dir.path().join("checkpoints/cut/epoch-003.safetensors"));
+    assert_eq!(full.len(), cut.len());
+    for ((na, va), (nb, vb)) in full.iter().zip(&cut) {
+        assert_eq!(na, nb);
+        assert!(va == vb, "{na} differs after resume");
+    }
+    let df = covf::metrics::read_parquet(&dir.path().join("checkpoints/cut/metrics.parquet")).unwrap();
+    assert_eq!(df.height(), 3);
+}
+
+fn write_gz(path: &PathBuf, bytes: &[u8]) {
+    let f = std::fs::File::create(path).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(f, flate2::Compression::default());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap();
+}
+
+/// A tiny MNIST-format dataset: class k images have a bright k-th row band (learnable).
+fn write_mnist(dir: &Path, n_train: usize, n_test: usize, gz: bool) {
+    for (prefix, n) in [("train", n_train), ("t10k", n_test)] {
+        let mut img = Vec::with_capacity(n * 784);
+        let mut lab = Vec::with_capacity(n);
+        for i in 0..n {
+            let k = (i % 10) as u8;
+            for p in 0..784 {
+                let row = p / 28;
+                img.push(if row / 2 == k as usize {
+                    230
+                } else {
+                    ((p * 7 + i) % 40) as u8
+                });
+            }
+            lab.push(k);
+        }
+        let ib = covf::data::idx::encode_idx(&[n, 28, 28], &img);
+        let lb = covf::data::idx::encode_idx(&[n], &lab);
+        if gz {
+            write_gz(&dir.join(format!("{prefix}-images-idx3-ubyte.gz")), &ib);
+            write_gz(&dir.join(format!("{prefix}-labels-idx1-ubyte.gz")), &lb);
+        } else {
+            std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), ib).unwrap();
+            std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), lb).unwrap();
+        }
+    }
+}
+
+#[test]
+fn mnist_idx_files_gzipped_and_raw_train_and_faults_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    for (sub, gz) in [("gz", true), ("raw", false)] {
+        let d = dir.path().join(sub);
+        std::fs::create_dir_all(&d).unwrap();
+        write_mnist(&d, 200, 50, gz);
+        let o = covf(
+            &[
+                "train",
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                d.to_str().unwrap(),
+                "--epochs",
+                "1",
+                "--test-subset",
+                "50",
+                "--eps",
+                "0.1",
+                "--name",
+                sub,
+                "--quiet",
+            ],
+            dir.path(),
+        );
+        assert!(o.status.success(), "{sub}: {}", text(&o));
+    }
+    // Truncate the raw training images: a clear error naming the file, exit code 2.
+    let f = dir.path().join("raw/train-images-idx3-ubyte");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() - 100]).unwrap();
+    let o = covf(
+        &[
+            "train",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            dir.path().join("raw").to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--name",
+            "bad",
+            "--quiet",
+        ],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("train-images-idx3-ubyte") && t.contains("truncated"), "{t}");
+    // Labels that do not match the image count.
+    write_mnist(&dir.path().join("raw"), 200, 50, false);
+    let lab = covf::data::idx::encode_idx(&[3], &[1, 2, 3]);
+    std::fs::write(dir.path().join("raw/train-labels-idx1-ubyte"), lab).unwrap();
+    let o = covf(
+        &[
+            "train",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            dir.path().join("raw").to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--name",
+            "bad2",
+            "--quiet",
+        ],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("3 labels"), "{}", text(&o));
+}
+
+fn cifar_records(n: usize, label_bytes: usize, classes: usize, seed: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let k = (i + seed) % classes;
+        if label_bytes == 2 {
+            out.push((k / 5) as u8);
+        }
+        out.push(k as u8);
+        for p in 0..3072 {
+            out.push(((p * 13 + k * 50 + i) % 256) as u8);
+        }
+    }
+    out
+}
+
+#[test]
+fn cifar10_and_cifar100_binary_files_train_and_faults_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let c10 = dir.path().join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&c10).unwrap();
+    for i in 1..=5 {
+        std::fs::write(c10.join(format!("data_batch_{i}.bin")), cifar_records(16, 1, 10, i)).unwrap();
+    }
+    std::fs::write(c10.join("test_batch.bin"), cifar_records(20, 1, 10, 0)).unwrap();
+    let common = [
+        "--arch",
+        "preact-tiny",
+        "--epochs",
+        "1",
+        "--test-subset",
+        "20",
+        "--batch-size",
+        "40",
+        "--quiet",
+        "--eval-pgd-steps",
+        "2",
+    ];
+    let mut a = vec![
+        "train",
+        "--method",
+        "fgsm-rs",
+        "--eps",
+        "8/255",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        c10.to_str().unwrap(),
+        "--name",
+        "c10",
+    ];
+    a.extend_from_slice(&common);
+    let o = covf(&a, dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let (_, meta) =
+        covf::checkpoint::load_tensors(&dir.path().join("checkpoints/c10/epoch-001.safetensors"), &Device::Cpu)
+            .unwrap();
+    assert_eq!(meta["dataset"], "cifar10");
+
+    let c100 = dir.path().join("cifar-100-binary");
+    std::fs::create_dir_all(&c100).unwrap();
+    std::fs::write(c100.join("train.bin"), cifar_records(60, 2, 100, 0)).unwrap();
+    std::fs::write(c100.join("test.bin"), cifar_records(20, 2, 100, 7)).unwrap();
+    let mut a = vec![
+        "train",
+        "--method",
+        "fgsm",
+        "--dataset",
+        "cifar100",
+        "--data-dir",
+        c100.to_str().unwrap(),
+        "--name",
+        "c100",
+    ];
+    a.extend_from_slice(&common);
+    let o = covf(&a, dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let (t, _) =
+        covf::checkpoint::load_tensors(&dir.path().join("checkpoints/c100/epoch-001.safetensors"), &Device::Cpu)
+            .unwrap();
+    assert_eq!(t["linear.weight"].dims(), &[100, 64]);
+
+    // A truncated batch file and a missing one: named, exit 2.
+    let b3 = c10.join("data_batch_3.bin");
+    let bytes = std::fs::read(&b3).unwrap();
+    std::fs::write(&b3, &bytes[..bytes.len() - 7]).unwrap();
+    let mut a = vec![
+        "train",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        c10.to_str().unwrap(),
+        "--name",
+        "bad",
+    ];
+    a.extend_from_slice(&common);
+    let o = covf(&a, dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("data_batch_3.bin") && text(&o).contains("truncated"),
+        "{}",
+        text(&o)
+    );
+    std::fs::remove_file(&b3).unwrap();
+    let o = covf(&a, dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("data_batch_3.bin") && text(&o).contains("missing"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn bad_input_exits_with_code_2_and_says_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["train", "--eps", "1.5"], "epsilon"),
+        (&["train", "--eps", "8/0"], "epsilon"),
+        (&["train", "--dataset", "imagenet"], "unknown dataset"),
+        (&["train", "--arch", "vgg"], "unknown architecture"),
+        (&["train", "--dataset", "cifar10"], "--data-dir"),
+        (
+            &["train", "--dataset", "mnist", "--data-dir", "/nonexistent/dir"],
+            "/nonexistent/dir",
+        ),
+        (&["train", "--name", "../escape"], "run name"),
+        (&["train", "--device", "cuda:0"], "cuda"),
+        (&["train", "--method", "nope"], "nope"),
+    ];
+    for (args, needle) in cases {
+        let o = covf(args, dir.path());
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(needle), "{args:?}: {}", text(&o));
+    }
+    assert!(!dir.path().join("checkpoints").exists(), "bad input left output behind");
+}
