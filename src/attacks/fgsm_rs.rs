@@ -43,8 +43,9 @@ mod tests {
     use candle_core::Device;
 
     #[test]
-    fn step_of_at_least_eps_reaches_the_linear_optimum() {
-        // With α = 1.25ε > ε, any start in [-ε, ε] ends at the corner ε·sign(w) (away from the box edges).
+    fn one_step_moves_every_start_along_sign_w() {
+        // δ = clip(u + α·sign(w), ±ε) with u ∈ [−ε, ε]: with α = 1.25ε each coordinate ends at least 0.25ε
+        // along sign(w) (the worst start is u = −ε); with α = 2ε every start reaches the corner ε·sign(w).
         let dev = Device::Cpu;
         let model = TwoClassLinear {
             w: Tensor::new(&[3.0f32, -1.0, 2.0], &dev).unwrap(),
@@ -52,6 +53,7 @@ mod tests {
         };
         let x = Tensor::new(&[[0.5f32, 0.5, 0.5], [0.4, 0.6, 0.3]], &dev).unwrap();
         let y = Tensor::new(&[0u32, 0], &dev).unwrap();
+        let sign = [1.0f32, -1.0, 1.0, 1.0, -1.0, 1.0];
         let mut rng = Rng::new(4);
         let p = FgsmRs::new(0.2)
             .perturb(
@@ -65,8 +67,28 @@ mod tests {
             )
             .unwrap();
         let d: Vec<f32> = p.delta.flatten_all().unwrap().to_vec1().unwrap();
-        for (a, b) in d.iter().zip([0.2f32, -0.2, 0.2, 0.2, -0.2, 0.2]) {
-            assert!((a - b).abs() < 1e-6, "{d:?}");
+        for (a, s) in d.iter().zip(sign) {
+            assert!(a * s >= 0.25 * 0.2 - 1e-6 && a.abs() <= 0.2 + 1e-6, "{d:?}");
+        }
+        let wide = FgsmRs { eps: 0.2, alpha: 0.4 };
+        let d: Vec<f32> = wide
+            .perturb(
+                &model,
+                &x,
+                &y,
+                &mut AttackCtx {
+                    mode: Mode::EVAL,
+                    rng: &mut rng,
+                },
+            )
+            .unwrap()
+            .delta
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (a, s) in d.iter().zip(sign) {
+            assert!((a - 0.2 * s).abs() < 1e-6, "{d:?}");
         }
     }
 }

@@ -91,7 +91,7 @@ pub struct TrainArgs {
     pub weight_decay: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Train on a fixed, seeded subset of N images [default: 10000 on fmnist/mnist; all on CIFAR]; 0 = all.
+    /// Train on a fixed, seeded subset of N images [default: 10000 on fmnist; all otherwise]; 0 = all.
     #[arg(long, value_name = "N")]
     pub train_subset: Option<usize>,
     /// Per-epoch test metrics on a fixed, seeded subset of N test images.
@@ -167,7 +167,7 @@ pub fn to_spec(a: &TrainArgs) -> covf::Result<TrainSpec> {
     let train_subset = match a.train_subset {
         Some(0) => None,
         Some(n) => Some(n),
-        None if small => fmnist_defaults::TRAIN_SUBSET,
+        None if dataset == DatasetKind::FashionMnist => fmnist_defaults::TRAIN_SUBSET,
         None => None,
     };
     let schedule = match a.lr_schedule {
