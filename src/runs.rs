@@ -53,6 +53,7 @@ pub fn summarize(run: &RunDir) -> RunSummary {
                     .windows(2)
                     .enumerate()
                     .map(|(i, w)| (i + 2, w[0] - w[1]))
+                    .filter(|d| d.1 > 0.0)
                     .max_by(|a, b| a.1.total_cmp(&b.1));
             }
             Err(e) => s.problem = Some(e.to_string()),

@@ -48,7 +48,7 @@ impl LrSchedule {
             LrSchedule::Piecewise {
                 lr, milestones, gamma, ..
             } => {
-                if !(*lr > 0.0 && lr.is_finite()) || !(*gamma > 0.0) {
+                if !(*lr > 0.0 && lr.is_finite() && *gamma > 0.0) {
                     return bad(format!("lr {lr} and gamma {gamma} must be positive"));
                 }
                 if milestones.iter().any(|m| !(0.0..=1.0).contains(m)) || milestones.windows(2).any(|w| w[0] >= w[1]) {
