@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{build_method, StepCtx, StepStats, TrainSpec};
@@ -312,9 +312,4 @@ pub fn load_model(spec: &TrainSpec, path: &Path, dev: &Device) -> Result<(PreAct
     let ck = Checkpoint::load(path, dev)?;
     store.load(&ck.tensors, path)?;
     Ok((model, ck))
-}
-
-/// Logits of a model on a batch (eval mode), detached: a convenience for tests and tools.
-pub fn eval_logits(model: &PreActResNet, x: &Tensor) -> Result<Tensor> {
-    Ok(model.logits(x, Mode::EVAL)?.detach())
 }
