@@ -1,6 +1,7 @@
 //! covf: diagnose catastrophic overfitting in fast adversarial training (library; the CLI is a thin layer on top).
 
 pub mod attacks;
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod device;

@@ -1,5 +1,6 @@
 //! Command-line types (clap) and their conversion into the library's validated specs.
 
+pub mod bench;
 pub mod runs;
 pub mod train;
 
@@ -30,11 +31,14 @@ pub enum Command {
     Train(Box<train::TrainArgs>),
     /// List runs: method, dataset, arch, epochs done, last metrics.
     Runs(runs::RunsArgs),
+    /// Images per second of the training steps (clean, FGSM, PGD-N) on synthetic data.
+    Bench(bench::BenchArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(a) => train::run(*a, &cli.checkpoints),
         Command::Runs(a) => runs::run(a, &cli.checkpoints),
+        Command::Bench(a) => bench::run(a),
     }
 }

@@ -14,6 +14,8 @@ use covf::CovfError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum MethodArg {
+    /// Standard training, no perturbation (the non-robust baseline).
+    Clean,
     Fgsm,
     FgsmRs,
     Pgd,
@@ -151,6 +153,7 @@ pub fn to_spec(a: &TrainArgs) -> covf::Result<TrainSpec> {
         None => None,
     };
     let method = match a.method {
+        MethodArg::Clean => MethodSpec::Clean,
         MethodArg::Fgsm => MethodSpec::Fgsm {
             alpha: alpha.unwrap_or(eps.value),
         },

@@ -138,6 +138,25 @@ impl ArchSpec {
     }
 }
 
+impl ArchSpec {
+    /// The same architecture on another input shape (`c` channels, `size`×`size`), with identity
+    /// normalization: for benchmarks on shapes no built-in dataset has.
+    pub fn with_input(mut self, c: usize, size: usize, classes: usize) -> Result<Self> {
+        if c == 0 || size < 4 || classes < 2 {
+            return Err(CovfError::spec(
+                "input shape",
+                format!("{c}x{size}x{size} with {classes} classes: need ≥ 1 channel, ≥ 4 pixels, ≥ 2 classes"),
+            ));
+        }
+        self.in_channels = c;
+        self.image_size = size;
+        self.num_classes = classes;
+        self.mean = vec![0.0; c];
+        self.std = vec![1.0; c];
+        Ok(self)
+    }
+}
+
 /// Builds a freshly initialised model (seeded) and its parameter store.
 pub fn build(spec: &ArchSpec, device: &candle_core::Device, seed: u64) -> Result<(PreActResNet, ParamStore)> {
     let mut ps = ParamStore::new(device);

@@ -1,5 +1,6 @@
 //! Adversarial training: the `TrainMethod` trait, one file per method, and the one generic fit loop.
 
+pub mod clean;
 pub mod fgsm;
 pub mod fgsm_rs;
 pub mod fit;
@@ -105,6 +106,7 @@ pub fn perturb_then_descend(
 /// The method named by a spec.
 pub fn build_method(spec: &MethodSpec, eps: f32) -> Box<dyn TrainMethod> {
     match *spec {
+        MethodSpec::Clean => Box::new(clean::CleanTraining),
         MethodSpec::Fgsm { alpha } => Box::new(fgsm::FgsmTraining::new(eps, alpha)),
         MethodSpec::FgsmRs { alpha } => Box::new(fgsm_rs::FgsmRsTraining::new(eps, alpha)),
         MethodSpec::Pgd { steps, alpha, restarts } => Box::new(pgd::PgdTraining::new(eps, alpha, steps, restarts)),

@@ -56,6 +56,8 @@ impl Eps {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "kebab-case")]
 pub enum MethodSpec {
+    /// Standard training on clean inputs (the non-robust baseline).
+    Clean,
     Fgsm { alpha: f32 },
     FgsmRs { alpha: f32 },
     Pgd { steps: usize, alpha: f32, restarts: usize },
@@ -65,6 +67,7 @@ impl MethodSpec {
     /// The method's short label, used in run names and tables: `fgsm`, `fgsm-rs`, `pgd10`.
     pub fn label(&self) -> String {
         match self {
+            MethodSpec::Clean => "clean".into(),
             MethodSpec::Fgsm { .. } => "fgsm".into(),
             MethodSpec::FgsmRs { .. } => "fgsm-rs".into(),
             MethodSpec::Pgd { steps, .. } => format!("pgd{steps}"),
@@ -73,6 +76,7 @@ impl MethodSpec {
 
     pub fn alpha(&self) -> f32 {
         match self {
+            MethodSpec::Clean => 0.0,
             MethodSpec::Fgsm { alpha } | MethodSpec::FgsmRs { alpha } | MethodSpec::Pgd { alpha, .. } => *alpha,
         }
     }

@@ -1,0 +1,168 @@
+//! Training-step throughput (images per second) of each method on seeded synthetic data: `covf bench`.
+//!
+//! The steps timed are the real training methods (`TrainMethod::step`: attack, forward, backward, SGD
+//! update), so a speed-up measured here is one `covf train` gets. Synthetic inputs are enough: no op's cost
+//! depends on pixel values.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use crate::data::{AugParams, Batch};
+use crate::error::{CovfError, Result};
+use crate::models::{self, ArchSpec};
+use crate::optim::Sgd;
+use crate::rng::Rng;
+use crate::train::{build_method, MethodSpec, StepCtx};
+
+/// What to time: one model, one input shape, one batch size, several methods.
+#[derive(Debug, Clone)]
+pub struct BenchSpec {
+    pub arch: ArchSpec,
+    pub batch: usize,
+    pub eps: f32,
+    pub methods: Vec<MethodSpec>,
+    /// Untimed steps first (allocator and thread-pool warm-up).
+    pub warmup: usize,
+    pub iters: usize,
+    pub seed: u64,
+}
+
+impl BenchSpec {
+    pub fn validate(&self) -> Result<()> {
+        if self.batch == 0 || self.iters == 0 {
+            return Err(CovfError::spec(
+                "bench",
+                format!("batch ({}) and iterations ({}) must be at least 1", self.batch, self.iters),
+            ));
+        }
+        if self.methods.is_empty() {
+            return Err(CovfError::spec("bench", "no step to time"));
+        }
+        Ok(())
+    }
+}
+
+/// One timed step.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRow {
+    pub step: String,
+    pub arch: String,
+    /// `CxHxW`.
+    pub input: String,
+    pub batch: usize,
+    pub threads: usize,
+    pub device: String,
+    pub iters: usize,
+    pub median_s: f64,
+    pub min_s: f64,
+    /// `batch / median_s`.
+    pub images_per_s: f64,
+}
+
+/// The bench label of a method: `clean`, `fgsm`, `pgd10`.
+pub fn step_label(m: &MethodSpec) -> String {
+    m.label()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Times every method of `spec` on a fresh model each (same seed), returning one row per method.
+pub fn run(spec: &BenchSpec, dev: &Device, mut progress: impl FnMut(&BenchRow)) -> Result<Vec<BenchRow>> {
+    spec.validate()?;
+    let a = &spec.arch;
+    let (c, s) = (a.in_channels, a.image_size);
+    let mut rng = Rng::derive(spec.seed, "bench-data", 0);
+    let x = rng.uniform_tensor(&[spec.batch, c, s, s], 0.0, 1.0, dev)?;
+    let labels: Vec<u32> = (0..spec.batch).map(|_| rng.below(a.num_classes) as u32).collect();
+    let y = Tensor::from_vec(labels, spec.batch, dev)?;
+    let batch = Batch {
+        x,
+        y,
+        positions: (0..spec.batch).collect(),
+        aug: vec![AugParams::default(); spec.batch],
+    };
+    let threads = candle_core::utils::get_num_threads();
+    let mut rows = Vec::new();
+    for m in &spec.methods {
+        let (model, store) = models::build(a, dev, spec.seed)?;
+        let mut opt = Sgd::new(store.trainable(), 0.9, 5e-4);
+        let mut method = build_method(m, spec.eps);
+        let mut step_rng = Rng::derive(spec.seed, "bench-step", 0);
+        let mut times = Vec::with_capacity(spec.iters);
+        for i in 0..spec.warmup + spec.iters {
+            let t = Instant::now();
+            let mut ctx = StepCtx {
+                opt: &mut opt,
+                // A small rate keeps the model stable over many repeated steps on one batch.
+                lr: 0.01,
+                rng: &mut step_rng,
+            };
+            method.step(&model, &batch, &mut ctx)?;
+            dev.synchronize()?;
+            if i >= spec.warmup {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        let min_s = times.iter().copied().fold(f64::INFINITY, f64::min);
+        let median_s = median(&mut times);
+        let row = BenchRow {
+            step: step_label(m),
+            arch: a.arch.name().to_string(),
+            input: format!("{c}x{s}x{s}"),
+            batch: spec.batch,
+            threads,
+            device: if dev.is_cpu() { "cpu".into() } else { format!("{dev:?}") },
+            iters: spec.iters,
+            median_s,
+            min_s,
+            images_per_s: spec.batch as f64 / median_s,
+        };
+        progress(&row);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::DatasetKind;
+    use crate::models::Arch;
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn bench_runs_each_method_once_per_row() {
+        let spec = BenchSpec {
+            arch: ArchSpec::new(Arch::PreActTiny, DatasetKind::FashionMnist),
+            batch: 4,
+            eps: 0.1,
+            methods: vec![MethodSpec::Clean, MethodSpec::Fgsm { alpha: 0.1 }],
+            warmup: 0,
+            iters: 2,
+            seed: 0,
+        };
+        let rows = run(&spec, &Device::Cpu, |_| {}).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].step, "clean");
+        assert_eq!(rows[1].step, "fgsm");
+        assert_eq!(rows[1].input, "1x28x28");
+        assert!(rows.iter().all(|r| r.images_per_s > 0.0 && r.min_s <= r.median_s));
+        let bad = BenchSpec { iters: 0, ..spec };
+        assert!(run(&bad, &Device::Cpu, |_| {}).is_err());
+    }
+}
