@@ -34,7 +34,10 @@ impl BenchSpec {
         if self.batch == 0 || self.iters == 0 {
             return Err(CovfError::spec(
                 "bench",
-                format!("batch ({}) and iterations ({}) must be at least 1", self.batch, self.iters),
+                format!(
+                    "batch ({}) and iterations ({}) must be at least 1",
+                    self.batch, self.iters
+                ),
             ));
         }
         if self.methods.is_empty() {

@@ -153,7 +153,10 @@ mod tests {
     #[test]
     fn steps_and_shapes_parse() {
         assert_eq!(parse_step("clean", 0.1).unwrap(), MethodSpec::Clean);
-        assert!(matches!(parse_step("PGD7", 0.1).unwrap(), MethodSpec::Pgd { steps: 7, .. }));
+        assert!(matches!(
+            parse_step("PGD7", 0.1).unwrap(),
+            MethodSpec::Pgd { steps: 7, .. }
+        ));
         assert!(parse_step("pgd0", 0.1).is_err());
         assert!(parse_step("apart2", 0.1).is_err());
         assert_eq!(parse_shape("3x32x32").unwrap(), (3, 32));

@@ -5,7 +5,9 @@
 //! Every BatchNorm in a pre-activation ResNet is followed by a ReLU, so both are fused into one op.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -48,9 +50,21 @@ fn dims(l: &Layout) -> Result<(usize, usize, usize)> {
     }
 }
 
+/// Borrows a contiguous f32 CPU tensor's data.
+fn cpu_f32<'a>(st: &'a Storage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    match st {
+        Storage::Cpu(s) => slice(s, l, what),
+        _ => candle_core::bail!("{what}: expected a CPU tensor"),
+    }
+}
+
+/// Batch statistics of one forward, shared with its backward and with the running-statistics update.
+type StatsCell = Arc<OnceLock<Vec<(f64, f64)>>>;
+
 /// relu(γ·(x − μ_B)/sqrt(σ²_B + eps) + β) with batch statistics.
 struct BnReluTrain {
     eps: f64,
+    stats: StatsCell,
 }
 
 impl CustomOp3 for BnReluTrain {
@@ -80,6 +94,8 @@ impl CustomOp3 for BnReluTrain {
                 (sc as f32, (f64::from(b[ch]) - m * sc) as f32)
             })
             .collect();
+        // A op object runs forward once; a second forward through the same object cannot happen.
+        let _ = self.stats.set(stats);
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(hw)
             .zip(x.par_chunks(hw))
@@ -103,47 +119,63 @@ impl CustomOp3 for BnReluTrain {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c, h, w) = x.dims4()?;
         let hw = h * w;
-        let xv = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let yv = res.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let dyv = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let gv = g.to_vec1::<f32>()?;
-        let stats = channel_stats(&xv, n, c, hw);
+        let grad = grad.contiguous()?;
+        let (xs, xl) = x.storage_and_layout();
+        let (ys, yl) = res.storage_and_layout();
+        let (ds, dl) = grad.storage_and_layout();
+        let xv = cpu_f32(&xs, xl, "bn backward input")?;
+        let yv = cpu_f32(&ys, yl, "bn backward output")?;
+        let dyv = cpu_f32(&ds, dl, "bn backward gradient")?;
+        let stats = match self.stats.get() {
+            Some(s) => s.clone(),
+            None => channel_stats(xv, n, c, hw),
+        };
         let m = (n * hw) as f64;
-        // Per channel: dβ = Σ d, dγ = Σ d·x̂ with d = dy·[y > 0]; dx = γ·istd/m·(m·d − Σd − x̂·Σ d·x̂).
+        // Per channel, with d = dy·[y > 0]: dβ = Σd, dγ = Σd·x̂ = istd·(Σd·x − μ·Σd), and
+        // dx = γ·istd/m·(m·d − Σd − x̂·dγ), which is A·d + B·x + C with per-channel A, B, C.
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let (mean, var) = stats[ch];
-                let istd = 1.0 / (var + self.eps).sqrt();
                 let (mut sd, mut sdx) = (0f64, 0f64);
                 for b in 0..n {
                     let o = (b * c + ch) * hw;
                     let (mut a, mut a2) = (0f32, 0f32);
-                    for i in o..o + hw {
-                        if yv[i] > 0.0 {
-                            a += dyv[i];
-                            a2 += dyv[i] * ((f64::from(xv[i]) - mean) * istd) as f32;
-                        }
+                    for ((&y, &dy), &x) in yv[o..o + hw].iter().zip(&dyv[o..o + hw]).zip(&xv[o..o + hw]) {
+                        let d = if y > 0.0 { dy } else { 0.0 };
+                        a += d;
+                        a2 += d * x;
                     }
                     sd += f64::from(a);
                     sdx += f64::from(a2);
                 }
-                (sd, sdx)
+                let (mean, var) = stats[ch];
+                let istd = 1.0 / (var + self.eps).sqrt();
+                (sd, istd * (sdx - mean * sd))
+            })
+            .collect();
+        let coef: Vec<(f32, f32, f32)> = (0..c)
+            .map(|ch| {
+                let (mean, var) = stats[ch];
+                let istd = 1.0 / (var + self.eps).sqrt();
+                let (sd, sdxh) = sums[ch];
+                let k = f64::from(gv[ch]) * istd / m;
+                let bb = -k * sdxh * istd;
+                ((k * m) as f32, bb as f32, (-k * sd - bb * mean) as f32)
             })
             .collect();
         let mut dx = vec![0f32; xv.len()];
         dx.par_chunks_mut(hw).enumerate().for_each(|(p, d)| {
-            let ch = p % c;
-            let (mean, var) = stats[ch];
-            let istd = 1.0 / (var + self.eps).sqrt();
-            let (sd, sdx) = sums[ch];
-            let k = f64::from(gv[ch]) * istd / m;
+            let (a, bb, cc) = coef[p % c];
             let o = p * hw;
-            for (j, dxj) in d.iter_mut().enumerate() {
-                let i = o + j;
-                let dyi = if yv[i] > 0.0 { f64::from(dyv[i]) } else { 0.0 };
-                let xh = (f64::from(xv[i]) - mean) * istd;
-                *dxj = (k * (m * dyi - sd - xh * sdx)) as f32;
+            for (((dxj, &y), &dy), &x) in d
+                .iter_mut()
+                .zip(&yv[o..o + hw])
+                .zip(&dyv[o..o + hw])
+                .zip(&xv[o..o + hw])
+            {
+                let dm = if y > 0.0 { dy } else { 0.0 };
+                *dxj = a * dm + bb * x + cc;
             }
         });
         let dev = x.device();
@@ -198,10 +230,14 @@ impl CustomOp3 for AffineRelu {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c, h, w) = x.dims4()?;
         let hw = h * w;
-        let xv = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let yv = res.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let dyv = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let sc = scale.to_vec1::<f32>()?;
+        let grad = grad.contiguous()?;
+        let (xs, xl) = x.storage_and_layout();
+        let (ys, yl) = res.storage_and_layout();
+        let (ds, dl) = grad.storage_and_layout();
+        let xv = cpu_f32(&xs, xl, "affine backward input")?;
+        let yv = cpu_f32(&ys, yl, "affine backward output")?;
+        let dyv = cpu_f32(&ds, dl, "affine backward gradient")?;
         let mut dx = vec![0f32; xv.len()];
         // One pass: dx = dy·[y > 0]·scale, plus per-plane partial sums for dscale and dshift.
         let partial: Vec<(f32, f32)> = dx
@@ -236,8 +272,21 @@ impl CustomOp3 for AffineRelu {
     }
 }
 
-pub fn bn_relu_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op3(weight, bias, BnReluTrain { eps })
+/// The fused training-mode op and its per-channel batch (mean, biased variance), for the running update.
+pub fn bn_relu_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<(Tensor, Vec<(f64, f64)>)> {
+    let stats: StatsCell = Arc::new(OnceLock::new());
+    let out = x.contiguous()?.apply_op3(
+        weight,
+        bias,
+        BnReluTrain {
+            eps,
+            stats: stats.clone(),
+        },
+    )?;
+    match stats.get() {
+        Some(s) => Ok((out, s.clone())),
+        None => candle_core::bail!("batch norm: the forward did not record its statistics"),
+    }
 }
 
 pub fn affine_relu(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
@@ -298,7 +347,8 @@ mod tests {
         let x = Var::from_tensor(&rng.uniform_tensor(&[4, 3, 5, 5], -2.0, 3.0, &dev).unwrap()).unwrap();
         let g = Var::from_tensor(&rng.uniform_tensor(&[3], 0.5, 1.5, &dev).unwrap()).unwrap();
         let b = Var::from_tensor(&rng.uniform_tensor(&[3], -0.5, 0.5, &dev).unwrap()).unwrap();
-        let ours = bn_relu_train(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5).unwrap();
+        let (ours, st) = bn_relu_train(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5).unwrap();
+        assert_eq!(st.len(), 3);
         let refr = reference(x.as_tensor(), g.as_tensor(), b.as_tensor());
         assert!(max_diff(&ours, &refr) < 1e-5);
         let r = rng.uniform_tensor(&[4, 3, 5, 5], -1.0, 1.0, &dev).unwrap();

@@ -56,7 +56,16 @@ impl Conv2d {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() {
-            Ok(super::conv::conv2d_im2col(x, &self.weight, self.stride, self.padding)?)
+            if super::conv_direct::suits(x.dims(), self.weight.dims(), self.stride) {
+                Ok(super::conv_direct::conv2d_per_image(
+                    x,
+                    &self.weight,
+                    self.stride,
+                    self.padding,
+                )?)
+            } else {
+                Ok(super::conv::conv2d_im2col(x, &self.weight, self.stride, self.padding)?)
+            }
         } else {
             Ok(x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?)
         }
@@ -152,9 +161,12 @@ impl BatchNorm {
                 Ok(super::bn::affine_relu(x, &scale, &shift)?)
             }
             Mode::Train { update_stats } => {
-                let out = super::bn::bn_relu_train(x, &self.weight, &self.bias, self.eps)?;
+                let (out, stats) = super::bn::bn_relu_train(x, &self.weight, &self.bias, self.eps)?;
                 if update_stats {
-                    let (mean, var) = super::bn::batch_stats(&x.detach())?;
+                    let dev = x.device();
+                    let mean =
+                        Tensor::from_vec(stats.iter().map(|s| s.0 as f32).collect::<Vec<_>>(), stats.len(), dev)?;
+                    let var = Tensor::from_vec(stats.iter().map(|s| s.1 as f32).collect::<Vec<_>>(), stats.len(), dev)?;
                     let (n, _, h, w) = x.dims4()?;
                     self.update_running(&mean, &var, (n * h * w) as f64)?;
                 }

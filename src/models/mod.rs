@@ -2,6 +2,7 @@
 
 pub mod bn;
 pub mod conv;
+pub mod conv_direct;
 pub mod layers;
 pub mod params;
 pub mod preact;

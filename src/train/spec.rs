@@ -58,9 +58,17 @@ impl Eps {
 pub enum MethodSpec {
     /// Standard training on clean inputs (the non-robust baseline).
     Clean,
-    Fgsm { alpha: f32 },
-    FgsmRs { alpha: f32 },
-    Pgd { steps: usize, alpha: f32, restarts: usize },
+    Fgsm {
+        alpha: f32,
+    },
+    FgsmRs {
+        alpha: f32,
+    },
+    Pgd {
+        steps: usize,
+        alpha: f32,
+        restarts: usize,
+    },
 }
 
 impl MethodSpec {

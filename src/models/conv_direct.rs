@@ -1,0 +1,486 @@
+//! CPU convolution one image at a time: im2col into a cache-sized scratch, one GEMM straight into NCHW.
+//!
+//! The whole-batch im2col of `conv.rs` builds a column matrix of N·Ho·Wo rows (57 MB for a 16-channel
+//! 28×28 layer at batch 128), writes it once and reads it back from memory; its output then needs a
+//! transpose back to NCHW. Per image, the columns (C·k·k × Ho·Wo, a few hundred KB) stay in L2, the GEMM
+//! writes the (Cout × Ho·Wo) output block of that image in place, and images run in parallel, each with a
+//! single-threaded GEMM (no barrier between tiny GEMMs). The backward is the same two GEMMs transposed:
+//! input gradient = col2im(Wᵀ · dY_b) per image; weight gradient = Σ_b dY_b · cols_bᵀ, summed over a fixed
+//! number of batch chunks in a fixed order so the result does not depend on the thread count.
+//! Gradients a pass does not need (weights detached during attacks) are not computed.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::conv::f32_slice;
+
+/// Fixed number of partial sums of the weight gradient (determinism across thread counts).
+const WGRAD_CHUNKS: usize = 4;
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Geom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geom {
+    fn new(x: &[usize], wt: &[usize], stride: usize, pad: usize) -> Result<Self> {
+        let (&[n, c, h, w], &[cout, cw, k, k2]) = (x, wt) else {
+            candle_core::bail!("conv2d: expected 4-D input and weight, got {x:?} and {wt:?}")
+        };
+        if cw != c || k != k2 || stride == 0 || h + 2 * pad < k || w + 2 * pad < k {
+            candle_core::bail!("conv2d: input {x:?}, weight {wt:?}, stride {stride}, padding {pad} do not fit")
+        }
+        Ok(Geom {
+            n,
+            c,
+            h,
+            w,
+            cout,
+            k,
+            stride,
+            pad,
+            ho: (h + 2 * pad - k) / stride + 1,
+            wo: (w + 2 * pad - k) / stride + 1,
+        })
+    }
+
+    fn p(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    fn r(&self) -> usize {
+        self.c * self.k * self.k
+    }
+
+    fn img(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    /// A 1×1, stride-1, unpadded conv: the image itself is the column matrix.
+    fn pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// Output columns `[lo, hi)` whose input column `ox·s + kx − pad` lies inside the image.
+    fn valid_ox(&self, kx: usize) -> (usize, usize) {
+        let (s, pad) = (self.stride, self.pad);
+        let lo = if pad > kx { (pad - kx).div_ceil(s) } else { 0 };
+        let hi = if self.w + pad > kx {
+            ((self.w - 1 + pad - kx) / s + 1).min(self.wo)
+        } else {
+            0
+        };
+        (lo.min(self.wo), hi.max(lo.min(self.wo)))
+    }
+}
+
+/// Whether the per-image kernels pay off: enough output pixels per image for the GEMMs, and a
+/// weight gradient small enough to stay in cache while every image adds to it.
+pub(crate) fn suits(x: &[usize], wt: &[usize], stride: usize) -> bool {
+    if x.len() != 4 || wt.len() != 4 || stride == 0 {
+        return false;
+    }
+    let (h, w, k) = (x[2], x[3], wt[2]);
+    let p = (h / stride) * (w / stride);
+    let wsize = wt[0] * wt[1] * k * k;
+    p >= 128 || wsize <= 65_536
+}
+
+/// (C, H, W) image -> (C·k·k, Ho·Wo) columns, row r = (c, ky, kx).
+fn im2col(g: &Geom, x: &[f32], cols: &mut [f32]) {
+    let p = g.p();
+    for c in 0..g.c {
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..g.k {
+            for kx in 0..g.k {
+                let r = (c * g.k + ky) * g.k + kx;
+                let row = &mut cols[r * p..(r + 1) * p];
+                let (lo, hi) = g.valid_ox(kx);
+                for oy in 0..g.ho {
+                    let seg = &mut row[oy * g.wo..(oy + 1) * g.wo];
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                    if iy < 0 || iy as usize >= g.h {
+                        seg.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    seg[..lo].fill(0.0);
+                    seg[hi..].fill(0.0);
+                    if g.stride == 1 {
+                        let a = lo + kx - g.pad;
+                        seg[lo..hi].copy_from_slice(&src[a..a + (hi - lo)]);
+                    } else {
+                        for (ox, v) in seg[lo..hi].iter_mut().enumerate() {
+                            *v = src[(lo + ox) * g.stride + kx - g.pad];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of `im2col`: adds each column entry back to its input pixel (`x` must start zeroed).
+fn col2im(g: &Geom, cols: &[f32], x: &mut [f32]) {
+    let p = g.p();
+    for c in 0..g.c {
+        let plane = &mut x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..g.k {
+            for kx in 0..g.k {
+                let r = (c * g.k + ky) * g.k + kx;
+                let row = &cols[r * p..(r + 1) * p];
+                let (lo, hi) = g.valid_ox(kx);
+                for oy in 0..g.ho {
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                    if iy < 0 || iy as usize >= g.h {
+                        continue;
+                    }
+                    let seg = &row[oy * g.wo + lo..oy * g.wo + hi];
+                    let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    if g.stride == 1 {
+                        let a = lo + kx - g.pad;
+                        for (d, v) in dst[a..a + seg.len()].iter_mut().zip(seg) {
+                            *d += v;
+                        }
+                    } else {
+                        for (ox, v) in seg.iter().enumerate() {
+                            dst[(lo + ox) * g.stride + kx - g.pad] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A row-major matrix operand: data plus row and column strides.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    fn rows(data: &'a [f32], cols: usize) -> Self {
+        Mat { data, rs: cols, cs: 1 }
+    }
+
+    /// The transpose of a row-major matrix with `cols` columns.
+    fn transposed(data: &'a [f32], cols: usize) -> Self {
+        Mat { data, rs: 1, cs: cols }
+    }
+
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst (m×n, row-major, contiguous) = [dst +] a (m×k) · b (k×n)`, single-threaded.
+fn gemm(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: Mat, b: Mat) {
+    assert!(
+        dst.len() >= m * n && a.fits(m, k) && b.fits(k, n),
+        "gemm operands out of bounds"
+    );
+    // SAFETY: the assert above keeps every element the strides reach inside its slice; dst is
+    // borrowed mutably and does not alias a or b.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
+/// y = conv(x, w): (N, C, H, W) × (Cout, C, k, k) -> (N, Cout, Ho, Wo).
+pub(crate) struct ConvFwd {
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl CustomOp2 for ConvFwd {
+    fn name(&self) -> &'static str {
+        "covf-conv2d"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(xl.dims(), wl.dims(), self.stride, self.pad)?;
+        let (x, w) = (f32_slice(xs, xl, "conv2d input")?, f32_slice(ws, wl, "conv2d weight")?);
+        let (p, r) = (g.p(), g.r());
+        let mut out = vec![0f32; g.n * g.cout * p];
+        if g.pointwise() {
+            out.par_chunks_mut(g.cout * p).enumerate().for_each(|(b, o)| {
+                let xb = &x[b * g.img()..(b + 1) * g.img()];
+                gemm(g.cout, p, r, o, false, Mat::rows(w, r), Mat::rows(xb, p));
+            });
+        } else {
+            out.par_chunks_mut(g.cout * p).enumerate().for_each_init(
+                || vec![0f32; r * p],
+                |cols, (b, o)| {
+                    im2col(&g, &x[b * g.img()..(b + 1) * g.img()], cols);
+                    gemm(g.cout, p, r, o, false, Mat::rows(w, r), Mat::rows(cols, p));
+                },
+            );
+        }
+        Ok((CpuStorage::F32(out), Shape::from((g.n, g.cout, g.ho, g.wo))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let dx = if x.track_op() {
+            Some(dy.apply_op2_no_bwd(
+                w,
+                &ConvBwdData {
+                    stride: self.stride,
+                    pad: self.pad,
+                    in_hw: (x.dim(2)?, x.dim(3)?),
+                },
+            )?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            Some(x.apply_op2_no_bwd(
+                &dy,
+                &ConvBwdWeight {
+                    stride: self.stride,
+                    pad: self.pad,
+                    k: w.dim(2)?,
+                },
+            )?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+/// dX from (dY, w): per image, dcols = Wᵀ · dY_b, then col2im.
+struct ConvBwdData {
+    stride: usize,
+    pad: usize,
+    in_hw: (usize, usize),
+}
+
+impl CustomOp2 for ConvBwdData {
+    fn name(&self) -> &'static str {
+        "covf-conv2d-bwd-data"
+    }
+
+    fn cpu_fwd(&self, ds: &CpuStorage, dl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (dims, wd) = (dl.dims(), wl.dims());
+        let x_dims = [dims[0], wd[1], self.in_hw.0, self.in_hw.1];
+        let g = Geom::new(&x_dims, wd, self.stride, self.pad)?;
+        if dims != [g.n, g.cout, g.ho, g.wo] {
+            candle_core::bail!("conv2d backward: gradient {dims:?} does not match the output of {x_dims:?}")
+        }
+        let (dy, w) = (f32_slice(ds, dl, "conv2d grad")?, f32_slice(ws, wl, "conv2d weight")?);
+        let (p, r) = (g.p(), g.r());
+        let mut dx = vec![0f32; g.n * g.img()];
+        let wt = Mat::transposed(w, r);
+        if g.pointwise() {
+            dx.par_chunks_mut(g.img()).enumerate().for_each(|(b, dxb)| {
+                let dyb = &dy[b * g.cout * p..(b + 1) * g.cout * p];
+                gemm(r, p, g.cout, dxb, false, wt, Mat::rows(dyb, p));
+            });
+        } else {
+            dx.par_chunks_mut(g.img()).enumerate().for_each_init(
+                || vec![0f32; r * p],
+                |dcols, (b, dxb)| {
+                    let dyb = &dy[b * g.cout * p..(b + 1) * g.cout * p];
+                    gemm(r, p, g.cout, dcols, false, wt, Mat::rows(dyb, p));
+                    col2im(&g, dcols, dxb);
+                },
+            );
+        }
+        Ok((CpuStorage::F32(dx), Shape::from(x_dims.to_vec())))
+    }
+}
+
+/// dW from (x, dY): Σ_b dY_b · cols_bᵀ.
+struct ConvBwdWeight {
+    stride: usize,
+    pad: usize,
+    k: usize,
+}
+
+impl CustomOp2 for ConvBwdWeight {
+    fn name(&self) -> &'static str {
+        "covf-conv2d-bwd-weight"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ds: &CpuStorage, dl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let xd = xl.dims();
+        let (dd, k) = (dl.dims(), self.k);
+        if xd.len() != 4 || dd.len() != 4 {
+            candle_core::bail!("conv2d weight gradient: expected 4-D input and gradient, got {xd:?}, {dd:?}")
+        }
+        let wd = [dd[1], xd[1], k, k];
+        let g = Geom::new(xd, &wd, self.stride, self.pad)?;
+        if dd != [g.n, g.cout, g.ho, g.wo] {
+            candle_core::bail!("conv2d weight gradient: gradient {dd:?} does not match the output of {xd:?}")
+        }
+        let (x, dy) = (f32_slice(xs, xl, "conv2d input")?, f32_slice(ds, dl, "conv2d grad")?);
+        let (p, r) = (g.p(), g.r());
+        let chunks = WGRAD_CHUNKS.min(g.n).max(1);
+        let per = g.n.div_ceil(chunks);
+        let partials: Vec<Vec<f32>> = (0..chunks)
+            .into_par_iter()
+            .map(|t| {
+                let mut dw = vec![0f32; g.cout * r];
+                let mut cols = if g.pointwise() { Vec::new() } else { vec![0f32; r * p] };
+                for b in t * per..((t + 1) * per).min(g.n) {
+                    let dyb = &dy[b * g.cout * p..(b + 1) * g.cout * p];
+                    let xb = &x[b * g.img()..(b + 1) * g.img()];
+                    let colst = if g.pointwise() {
+                        Mat::transposed(xb, p)
+                    } else {
+                        im2col(&g, xb, &mut cols);
+                        Mat::transposed(&cols, p)
+                    };
+                    gemm(g.cout, r, p, &mut dw, true, Mat::rows(dyb, p), colst);
+                }
+                dw
+            })
+            .collect();
+        let mut dw = vec![0f32; g.cout * r];
+        for part in &partials {
+            for (d, v) in dw.iter_mut().zip(part) {
+                *d += v;
+            }
+        }
+        Ok((CpuStorage::F32(dw), Shape::from(wd.to_vec())))
+    }
+}
+
+/// 2-D convolution (no bias, dilation 1, groups 1) of (N, C, H, W) by (Cout, C, k, k), per image.
+pub fn conv2d_per_image(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, ConvFwd { stride, pad })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn matches_candle_conv2d_forward_and_gradients() {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(11);
+        for &(n, c, cout, h, k, stride, pad) in &[
+            (3, 3, 8, 9, 3, 1, 1),
+            (2, 4, 6, 10, 3, 2, 1),
+            (5, 5, 7, 8, 1, 2, 0),
+            (2, 5, 7, 8, 1, 1, 0),
+            (1, 2, 3, 7, 3, 1, 0),
+            (6, 1, 4, 5, 3, 2, 1),
+            (2, 3, 2, 4, 3, 1, 2),
+        ] {
+            let case = format!("n{n} c{c} cout{cout} h{h} k{k} s{stride} p{pad}");
+            let x = Var::from_tensor(&rng.uniform_tensor(&[n, c, h, h], -1.0, 1.0, &dev).unwrap()).unwrap();
+            let w = Var::from_tensor(&rng.uniform_tensor(&[cout, c, k, k], -1.0, 1.0, &dev).unwrap()).unwrap();
+            let ours = conv2d_per_image(x.as_tensor(), w.as_tensor(), stride, pad).unwrap();
+            let stock = x.as_tensor().conv2d(w.as_tensor(), pad, stride, 1, 1).unwrap();
+            assert_eq!(ours.dims(), stock.dims(), "{case}");
+            assert!(max_diff(&ours, &stock) < 1e-4, "forward {case}");
+            // A random linear functional of the output, so every output element carries a distinct weight.
+            let r = rng.uniform_tensor(stock.dims(), -1.0, 1.0, &dev).unwrap();
+            let ga = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = (stock * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&x, &w] {
+                let (a, b) = (ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
+                assert!(max_diff(a, b) < 1e-3, "gradient {case}: {}", max_diff(a, b));
+            }
+        }
+    }
+
+    #[test]
+    fn detached_weights_get_no_gradient_and_input_still_does() {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(2);
+        let x = Var::from_tensor(&rng.uniform_tensor(&[2, 3, 6, 6], 0.0, 1.0, &dev).unwrap()).unwrap();
+        let w = rng.uniform_tensor(&[4, 3, 3, 3], -1.0, 1.0, &dev).unwrap();
+        let y = conv2d_per_image(x.as_tensor(), &w, 1, 1).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        assert!(g.get(&w).is_none());
+        assert_eq!(g.get(x.as_tensor()).unwrap().dims(), &[2, 3, 6, 6]);
+    }
+
+    #[test]
+    fn weight_gradient_is_the_same_for_any_thread_count() {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(4);
+        let x = rng.uniform_tensor(&[9, 3, 8, 8], 0.0, 1.0, &dev).unwrap();
+        let dy = rng.uniform_tensor(&[9, 5, 8, 8], -1.0, 1.0, &dev).unwrap();
+        let op = ConvBwdWeight {
+            stride: 1,
+            pad: 1,
+            k: 3,
+        };
+        let dw = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| x.apply_op2_no_bwd(&dy, &op).unwrap())
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(dw(1), dw(3));
+    }
+
+    #[test]
+    fn valid_columns_cover_exactly_the_in_image_taps() {
+        for &(w, k, s, pad) in &[(7, 3, 1, 1), (8, 3, 2, 1), (5, 1, 2, 0), (4, 3, 1, 2)] {
+            let g = Geom::new(&[1, 1, w, w], &[1, 1, k, k], s, pad).unwrap();
+            for kx in 0..k {
+                let (lo, hi) = g.valid_ox(kx);
+                for ox in 0..g.wo {
+                    let ix = (ox * s + kx) as isize - pad as isize;
+                    let inside = ix >= 0 && (ix as usize) < w;
+                    assert_eq!(inside, (lo..hi).contains(&ox), "w{w} k{k} s{s} p{pad} kx{kx} ox{ox}");
+                }
+            }
+        }
+    }
+}
