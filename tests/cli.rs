@@ -59,6 +59,8 @@ fn trains_two_epochs_on_fashion_mnist_and_writes_everything() {
         "0.1",
         "--batch-size",
         "32",
+        "--lr-max",
+        "0.2",
     ];
     args.extend_from_slice(SMALL);
     let o = covf(&args, dir.path());
@@ -467,4 +469,43 @@ fn bad_input_exits_with_code_2_and_says_what_is_wrong() {
         assert!(text(&o).contains(needle), "{args:?}: {}", text(&o));
     }
     assert!(!dir.path().join("checkpoints").exists(), "bad input left output behind");
+}
+
+#[test]
+fn bench_reports_each_step_as_json_and_rejects_bad_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = covf(
+        &[
+            "bench",
+            "--steps",
+            "clean,fgsm,pgd2",
+            "--batch-size",
+            "8",
+            "--iters",
+            "2",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).expect("bench --json prints JSON");
+    let rows = rows.as_array().expect("an array of rows");
+    let steps: Vec<&str> = rows.iter().map(|r| r["step"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["clean", "fgsm", "pgd2"]);
+    for r in rows {
+        assert_eq!(r["threads"], 1);
+        assert_eq!(r["input"], "1x28x28");
+        let ips = r["images_per_s"].as_f64().unwrap();
+        let med = r["median_s"].as_f64().unwrap();
+        assert!((ips - 8.0 / med).abs() < 1e-6 * ips, "{r}");
+    }
+    let o = covf(&["bench", "--steps", "pgdx"], dir.path());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("pgdx"));
+    let o = covf(&["bench", "--shape", "3x32x16"], dir.path());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }

@@ -31,11 +31,17 @@ pub enum ScheduleArg {
 /// Defaults of the CPU setting (Fashion-MNIST) chosen so that FGSM overfits catastrophically
 /// within the run and PGD-10 does not; how they were found: docs/default-setting.md.
 pub mod fmnist_defaults {
-    pub const EPS: &str = "0.3";
-    pub const EPOCHS: usize = 10;
-    pub const TRAIN_SUBSET: Option<usize> = Some(10_000);
-    pub const LR_MAX: f64 = 0.2;
+    pub const EPS: &str = "0.15";
+    pub const EPOCHS: usize = 4;
+    pub const TRAIN_SUBSET: Option<usize> = Some(30_000);
+    pub const LR_MAX: f64 = 0.3;
 }
+
+/// Defaults elsewhere: MNIST at its usual ε = 0.3; CIFAR as fast_adversarial (ε = 8/255, cyclic 0.2).
+const MNIST_EPS: &str = "0.3";
+const MNIST_EPOCHS: usize = 10;
+const CIFAR_EPOCHS: usize = 30;
+const LR_MAX: f64 = 0.2;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
@@ -56,7 +62,7 @@ pub struct TrainArgs {
     /// Input step size α in pixel units [default: fgsm ε, fgsm-rs 1.25ε, pgd ε/4 (2/255 at 8/255)].
     #[arg(long, value_name = "A")]
     pub alpha: Option<String>,
-    /// Perturbation budget ε (L∞, pixel units), e.g. 8/255 or 0.3 [default: 0.3 on fmnist and mnist, 8/255 on CIFAR].
+    /// Perturbation budget ε (L∞, pixel units), e.g. 8/255 or 0.3 [default: 0.15 on fmnist, 0.3 on mnist, 8/255 on CIFAR].
     #[arg(long, value_name = "EPS")]
     pub eps: Option<String>,
     /// Dataset: fmnist, mnist, cifar10, cifar100.
@@ -68,7 +74,7 @@ pub struct TrainArgs {
     /// Architecture: preact-tiny (CPU default), preact18, wrn34-10 [default: preact-tiny on 28x28 sets, preact18 on CIFAR].
     #[arg(long)]
     pub arch: Option<String>,
-    /// Epochs [default: 10 on fmnist/mnist, 30 on CIFAR].
+    /// Epochs [default: 4 on fmnist, 10 on mnist, 30 on CIFAR].
     #[arg(long)]
     pub epochs: Option<usize>,
     #[arg(long, default_value_t = 128)]
@@ -76,9 +82,9 @@ pub struct TrainArgs {
     /// Learning-rate schedule.
     #[arg(long, value_enum, default_value = "cyclic")]
     pub lr_schedule: ScheduleArg,
-    /// Peak (cyclic) or initial (constant, piecewise) learning rate.
-    #[arg(long, default_value_t = fmnist_defaults::LR_MAX)]
-    pub lr_max: f64,
+    /// Peak (cyclic) or initial (constant, piecewise) learning rate [default: 0.3 on fmnist, 0.2 otherwise].
+    #[arg(long)]
+    pub lr_max: Option<f64>,
     /// Cyclic: where the peak sits, as a fraction of the run.
     #[arg(long, default_value_t = 0.5)]
     pub lr_peak: f64,
@@ -93,7 +99,7 @@ pub struct TrainArgs {
     pub weight_decay: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Train on a fixed, seeded subset of N images [default: 10000 on fmnist; all otherwise]; 0 = all.
+    /// Train on a fixed, seeded subset of N images [default: 30000 on fmnist; all otherwise]; 0 = all.
     #[arg(long, value_name = "N")]
     pub train_subset: Option<usize>,
     /// Per-epoch test metrics on a fixed, seeded subset of N test images.
@@ -134,11 +140,11 @@ fn small_images(d: DatasetKind) -> bool {
 pub fn to_spec(a: &TrainArgs) -> covf::Result<TrainSpec> {
     let dataset = DatasetKind::parse(&a.dataset)?;
     let small = small_images(dataset);
-    let eps = Eps::parse(
-        a.eps
-            .as_deref()
-            .unwrap_or(if small { fmnist_defaults::EPS } else { "8/255" }),
-    )?;
+    let eps = Eps::parse(a.eps.as_deref().unwrap_or(match dataset {
+        DatasetKind::FashionMnist => fmnist_defaults::EPS,
+        DatasetKind::Mnist => MNIST_EPS,
+        _ => "8/255",
+    }))?;
     let arch = match &a.arch {
         Some(s) => Arch::parse(s)?,
         None if small => Arch::PreActTiny,
@@ -166,7 +172,16 @@ pub fn to_spec(a: &TrainArgs) -> covf::Result<TrainSpec> {
             restarts: a.restarts,
         },
     };
-    let epochs = a.epochs.unwrap_or(if small { fmnist_defaults::EPOCHS } else { 30 });
+    let epochs = a.epochs.unwrap_or(match dataset {
+        DatasetKind::FashionMnist => fmnist_defaults::EPOCHS,
+        DatasetKind::Mnist => MNIST_EPOCHS,
+        _ => CIFAR_EPOCHS,
+    });
+    let lr_max = a.lr_max.unwrap_or(if dataset == DatasetKind::FashionMnist {
+        fmnist_defaults::LR_MAX
+    } else {
+        LR_MAX
+    });
     let train_subset = match a.train_subset {
         Some(0) => None,
         Some(n) => Some(n),
@@ -175,13 +190,13 @@ pub fn to_spec(a: &TrainArgs) -> covf::Result<TrainSpec> {
     };
     let schedule = match a.lr_schedule {
         ScheduleArg::Cyclic => LrSchedule::Cyclic {
-            max: a.lr_max,
+            max: lr_max,
             peak: a.lr_peak,
             epochs,
         },
-        ScheduleArg::Constant => LrSchedule::Constant { lr: a.lr_max },
+        ScheduleArg::Constant => LrSchedule::Constant { lr: lr_max },
         ScheduleArg::Piecewise => LrSchedule::Piecewise {
-            lr: a.lr_max,
+            lr: lr_max,
             milestones: a.lr_milestones.clone(),
             gamma: a.lr_gamma,
             epochs,
@@ -276,4 +291,34 @@ pub fn run(a: TrainArgs, root: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn spec_of(args: &[&str]) -> TrainSpec {
+        let cli = Cli::try_parse_from(std::iter::once("covf").chain(args.iter().copied())).unwrap();
+        match cli.command {
+            Command::Train(a) => to_spec(&a).unwrap(),
+            _ => unreachable!("not a train command"),
+        }
+    }
+
+    #[test]
+    fn fashion_mnist_defaults_are_the_co_setting_and_others_keep_theirs() {
+        let s = spec_of(&["train"]);
+        assert_eq!(s.eps.value, 0.15);
+        assert_eq!((s.epochs, s.train_subset), (4, Some(30_000)));
+        assert_eq!(s.arch, Arch::PreActTiny);
+        assert!(matches!(s.schedule, LrSchedule::Cyclic { max, .. } if max == 0.3));
+        let m = spec_of(&["train", "--dataset", "mnist"]);
+        assert_eq!((m.eps.value, m.epochs, m.train_subset), (0.3, 10, None));
+        assert!(matches!(m.schedule, LrSchedule::Cyclic { max, .. } if max == 0.2));
+        let c = spec_of(&["train", "--dataset", "cifar10", "--lr-max", "0.1"]);
+        assert_eq!((c.epochs, c.arch), (30, Arch::PreAct18));
+        assert!(matches!(c.schedule, LrSchedule::Cyclic { max, .. } if max == 0.1));
+    }
 }
