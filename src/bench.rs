@@ -64,11 +64,6 @@ pub struct BenchRow {
     pub images_per_s: f64,
 }
 
-/// The bench label of a method: `clean`, `fgsm`, `pgd10`.
-pub fn step_label(m: &MethodSpec) -> String {
-    m.label()
-}
-
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -119,7 +114,7 @@ pub fn run(spec: &BenchSpec, dev: &Device, mut progress: impl FnMut(&BenchRow)) 
         let min_s = times.iter().copied().fold(f64::INFINITY, f64::min);
         let median_s = median(&mut times);
         let row = BenchRow {
-            step: step_label(m),
+            step: m.label(),
             arch: a.arch.name().to_string(),
             input: format!("{c}x{s}x{s}"),
             batch: spec.batch,

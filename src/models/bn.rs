@@ -4,21 +4,12 @@
 //! reductions over N, H, W among them) and was the largest cost of our training step after convolution.
 //! Every BatchNorm in a pre-activation ResNet is followed by a ReLU, so both are fused into one op.
 
-use candle_core::backend::BackendStorage;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("{what}: only f32 is supported on CPU, got {:?}", s.dtype())
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("{what}: input must be contiguous"),
-    }
-}
+use super::conv::f32_slice as slice;
 
 /// Per-channel (mean, biased variance) of an (N, C, H, W) slice.
 fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
@@ -94,7 +85,7 @@ impl CustomOp3 for BnReluTrain {
                 (sc as f32, (f64::from(b[ch]) - m * sc) as f32)
             })
             .collect();
-        // A op object runs forward once; a second forward through the same object cannot happen.
+        // An op object runs forward once; a second forward through the same object cannot happen.
         let _ = self.stats.set(stats);
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(hw)
@@ -294,18 +285,6 @@ pub fn affine_relu(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor>
         .apply_op3(&scale.contiguous()?, &shift.contiguous()?, AffineRelu)
 }
 
-/// Per-channel batch mean and biased variance, (C,) each (for the running-statistics update).
-pub fn batch_stats(x: &Tensor) -> Result<(Tensor, Tensor)> {
-    let (n, c, h, w) = x.dims4()?;
-    let v = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let st = channel_stats(&v, n, c, h * w);
-    let dev = x.device();
-    Ok((
-        Tensor::from_vec(st.iter().map(|s| s.0 as f32).collect::<Vec<_>>(), c, dev)?,
-        Tensor::from_vec(st.iter().map(|s| s.1 as f32).collect::<Vec<_>>(), c, dev)?,
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,10 +337,24 @@ mod tests {
             let d = max_diff(ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
             assert!(d < 1e-4, "gradient differs by {d}");
         }
-        let (m, v) = batch_stats(x.as_tensor()).unwrap();
-        let m_ref = (x.as_tensor().sum((0, 2, 3)).unwrap() / 100.0).unwrap();
-        assert!(max_diff(&m, &m_ref) < 1e-5);
-        assert_eq!(v.dims(), &[3]);
+        // The statistics handed to the running-statistics update: per-channel mean and biased variance.
+        let xv = x.as_tensor();
+        let m_ref = (xv.sum((0, 2, 3)).unwrap() / 100.0).unwrap().to_vec1::<f32>().unwrap();
+        let xc = xv
+            .broadcast_sub(
+                &Tensor::new(m_ref.as_slice(), &dev)
+                    .unwrap()
+                    .reshape((1, 3, 1, 1))
+                    .unwrap(),
+            )
+            .unwrap();
+        let v_ref = (xc.sqr().unwrap().sum((0, 2, 3)).unwrap() / 100.0)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for ch in 0..3 {
+            assert!((st[ch].0 as f32 - m_ref[ch]).abs() < 1e-5 && (st[ch].1 as f32 - v_ref[ch]).abs() < 1e-4);
+        }
     }
 
     #[test]
