@@ -288,6 +288,7 @@ pub fn affine_relu(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::conv::testing::max_diff;
     use crate::rng::Rng;
     use candle_core::{Device, Var};
 
@@ -303,19 +304,6 @@ mod tests {
             .broadcast_add(&b.reshape((1, c, 1, 1)).unwrap())
             .unwrap()
             .relu()
-            .unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
             .unwrap()
     }
 

@@ -149,13 +149,13 @@ pub fn conv2d_im2col(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Resul
         .reshape((n, cout, ho, wo))
 }
 
+/// Test helpers shared by the CPU kernels' tests: compare against candle's stock ops.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testing {
     use crate::rng::Rng;
-    use candle_core::{Device, Var};
+    use candle_core::{Device, Result, Tensor, Var};
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .unwrap()
             .abs()
@@ -168,37 +168,49 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn matches_candle_conv2d_forward_and_gradients() {
+    /// `conv` against candle's conv2d, forward and both gradients, for each (n, c, cout, h, k, stride, pad).
+    pub fn check_conv_against_candle(
+        conv: fn(&Tensor, &Tensor, usize, usize) -> Result<Tensor>,
+        seed: u64,
+        cases: &[(usize, usize, usize, usize, usize, usize, usize)],
+    ) {
         let dev = Device::Cpu;
-        let mut rng = Rng::new(5);
-        for &(c, cout, h, k, stride, pad) in &[
-            (3, 8, 9, 3, 1, 1),
-            (4, 6, 10, 3, 2, 1),
-            (5, 7, 8, 1, 2, 0),
-            (2, 3, 7, 3, 1, 0),
-        ] {
-            let x = Var::from_tensor(&rng.uniform_tensor(&[3, c, h, h], -1.0, 1.0, &dev).unwrap()).unwrap();
+        let mut rng = Rng::new(seed);
+        for &(n, c, cout, h, k, stride, pad) in cases {
+            let case = format!("n{n} c{c} cout{cout} h{h} k{k} s{stride} p{pad}");
+            let x = Var::from_tensor(&rng.uniform_tensor(&[n, c, h, h], -1.0, 1.0, &dev).unwrap()).unwrap();
             let w = Var::from_tensor(&rng.uniform_tensor(&[cout, c, k, k], -1.0, 1.0, &dev).unwrap()).unwrap();
-            let ours = conv2d_im2col(x.as_tensor(), w.as_tensor(), stride, pad).unwrap();
+            let ours = conv(x.as_tensor(), w.as_tensor(), stride, pad).unwrap();
             let stock = x.as_tensor().conv2d(w.as_tensor(), pad, stride, 1, 1).unwrap();
-            assert_eq!(ours.dims(), stock.dims());
-            assert!(
-                max_diff(&ours, &stock) < 1e-4,
-                "forward {c} {cout} {h} {k} {stride} {pad}"
-            );
+            assert_eq!(ours.dims(), stock.dims(), "{case}");
+            assert!(max_diff(&ours, &stock) < 1e-4, "forward {case}");
             // A random linear functional of the output, so every output element carries a distinct weight.
             let r = rng.uniform_tensor(stock.dims(), -1.0, 1.0, &dev).unwrap();
             let ga = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
             let gb = (stock * &r).unwrap().sum_all().unwrap().backward().unwrap();
             for v in [&x, &w] {
                 let (a, b) = (ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
-                assert!(
-                    max_diff(a, b) < 1e-3,
-                    "gradient {c} {cout} {h} {k} {stride} {pad}: {}",
-                    max_diff(a, b)
-                );
+                assert!(max_diff(a, b) < 1e-3, "gradient {case}: {}", max_diff(a, b));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_candle_conv2d_forward_and_gradients() {
+        testing::check_conv_against_candle(
+            conv2d_im2col,
+            5,
+            &[
+                (3, 3, 8, 9, 3, 1, 1),
+                (3, 4, 6, 10, 3, 2, 1),
+                (3, 5, 7, 8, 1, 2, 0),
+                (3, 2, 3, 7, 3, 1, 0),
+            ],
+        );
     }
 }

@@ -391,48 +391,21 @@ mod tests {
     use crate::rng::Rng;
     use candle_core::{Device, Var};
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
     #[test]
     fn matches_candle_conv2d_forward_and_gradients() {
-        let dev = Device::Cpu;
-        let mut rng = Rng::new(11);
-        for &(n, c, cout, h, k, stride, pad) in &[
-            (3, 3, 8, 9, 3, 1, 1),
-            (2, 4, 6, 10, 3, 2, 1),
-            (5, 5, 7, 8, 1, 2, 0),
-            (2, 5, 7, 8, 1, 1, 0),
-            (1, 2, 3, 7, 3, 1, 0),
-            (6, 1, 4, 5, 3, 2, 1),
-            (2, 3, 2, 4, 3, 1, 2),
-        ] {
-            let case = format!("n{n} c{c} cout{cout} h{h} k{k} s{stride} p{pad}");
-            let x = Var::from_tensor(&rng.uniform_tensor(&[n, c, h, h], -1.0, 1.0, &dev).unwrap()).unwrap();
-            let w = Var::from_tensor(&rng.uniform_tensor(&[cout, c, k, k], -1.0, 1.0, &dev).unwrap()).unwrap();
-            let ours = conv2d_per_image(x.as_tensor(), w.as_tensor(), stride, pad).unwrap();
-            let stock = x.as_tensor().conv2d(w.as_tensor(), pad, stride, 1, 1).unwrap();
-            assert_eq!(ours.dims(), stock.dims(), "{case}");
-            assert!(max_diff(&ours, &stock) < 1e-4, "forward {case}");
-            // A random linear functional of the output, so every output element carries a distinct weight.
-            let r = rng.uniform_tensor(stock.dims(), -1.0, 1.0, &dev).unwrap();
-            let ga = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let gb = (stock * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            for v in [&x, &w] {
-                let (a, b) = (ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
-                assert!(max_diff(a, b) < 1e-3, "gradient {case}: {}", max_diff(a, b));
-            }
-        }
+        crate::models::conv::testing::check_conv_against_candle(
+            conv2d_per_image,
+            11,
+            &[
+                (3, 3, 8, 9, 3, 1, 1),
+                (2, 4, 6, 10, 3, 2, 1),
+                (5, 5, 7, 8, 1, 2, 0),
+                (2, 5, 7, 8, 1, 1, 0),
+                (1, 2, 3, 7, 3, 1, 0),
+                (6, 1, 4, 5, 3, 2, 1),
+                (2, 3, 2, 4, 3, 1, 2),
+            ],
+        );
     }
 
     #[test]
