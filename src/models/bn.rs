@@ -9,7 +9,8 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::conv::f32_slice as slice;
+use super::conv_direct::f32_slice as slice;
+use super::kernels;
 
 /// Per-channel (mean, biased variance) of an (N, C, H, W) slice.
 fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
@@ -18,12 +19,7 @@ fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
         .map(|ch| {
             let (mut s, mut s2) = (0f64, 0f64);
             for b in 0..n {
-                let p = &x[(b * c + ch) * hw..(b * c + ch + 1) * hw];
-                let (mut a, mut a2) = (0f32, 0f32);
-                for &v in p {
-                    a += v;
-                    a2 += v * v;
-                }
+                let (a, a2) = kernels::sum_and_squares(&x[(b * c + ch) * hw..(b * c + ch + 1) * hw]);
                 s += f64::from(a);
                 s2 += f64::from(a2);
             }
@@ -93,9 +89,7 @@ impl CustomOp3 for BnReluTrain {
             .enumerate()
             .for_each(|(i, (o, xi))| {
                 let (sc, sh) = coef[i % c];
-                for (o, &v) in o.iter_mut().zip(xi) {
-                    *o = (v * sc + sh).max(0.0);
-                }
+                kernels::affine_relu(o, xi, sc, sh);
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -131,12 +125,9 @@ impl CustomOp3 for BnReluTrain {
                 let (mut sd, mut sdx) = (0f64, 0f64);
                 for b in 0..n {
                     let o = (b * c + ch) * hw;
-                    let (mut a, mut a2) = (0f32, 0f32);
-                    for ((&y, &dy), &x) in yv[o..o + hw].iter().zip(&dyv[o..o + hw]).zip(&xv[o..o + hw]) {
-                        let d = if y > 0.0 { dy } else { 0.0 };
-                        a += d;
-                        a2 += d * x;
-                    }
+                    // y > 0 exactly where the ReLU passed, so dy masked by it is d; the two sums are
+                    // Σd and Σd·x (x rebuilt as needed from the third stream).
+                    let (a, a2) = kernels::masked_sums(&yv[o..o + hw], &dyv[o..o + hw], &xv[o..o + hw]);
                     sd += f64::from(a);
                     sdx += f64::from(a2);
                 }
@@ -157,17 +148,8 @@ impl CustomOp3 for BnReluTrain {
             .collect();
         let mut dx = vec![0f32; xv.len()];
         dx.par_chunks_mut(hw).enumerate().for_each(|(p, d)| {
-            let (a, bb, cc) = coef[p % c];
             let o = p * hw;
-            for (((dxj, &y), &dy), &x) in d
-                .iter_mut()
-                .zip(&yv[o..o + hw])
-                .zip(&dyv[o..o + hw])
-                .zip(&xv[o..o + hw])
-            {
-                let dm = if y > 0.0 { dy } else { 0.0 };
-                *dxj = a * dm + bb * x + cc;
-            }
+            kernels::masked_affine(d, &yv[o..o + hw], &dyv[o..o + hw], &xv[o..o + hw], coef[p % c]);
         });
         let dev = x.device();
         let dx = Tensor::from_vec(dx, (n, c, h, w), dev)?;
@@ -203,10 +185,7 @@ impl CustomOp3 for AffineRelu {
             .zip(x.par_chunks(hw))
             .enumerate()
             .for_each(|(i, (o, xi))| {
-                let (a, b) = (sc[i % c], sh[i % c]);
-                for (o, &v) in o.iter_mut().zip(xi) {
-                    *o = (v * a + b).max(0.0);
-                }
+                kernels::affine_relu(o, xi, sc[i % c], sh[i % c]);
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -230,21 +209,15 @@ impl CustomOp3 for AffineRelu {
         let yv = cpu_f32(&ys, yl, "affine backward output")?;
         let dyv = cpu_f32(&ds, dl, "affine backward gradient")?;
         let mut dx = vec![0f32; xv.len()];
-        // One pass: dx = dy·[y > 0]·scale, plus per-plane partial sums for dscale and dshift.
+        // Per plane, while it is in cache: dx = dy·[y > 0]·scale, then partial sums for dscale and dshift.
         let partial: Vec<(f32, f32)> = dx
             .par_chunks_mut(hw)
             .enumerate()
             .map(|(p, d)| {
-                let a = sc[p % c];
-                let (mut ss, mut sh) = (0f32, 0f32);
-                for (j, dj) in d.iter_mut().enumerate() {
-                    let i = p * hw + j;
-                    if yv[i] > 0.0 {
-                        *dj = dyv[i] * a;
-                        ss += dyv[i] * xv[i];
-                        sh += dyv[i];
-                    }
-                }
+                let o = p * hw;
+                let (y, dy, x) = (&yv[o..o + hw], &dyv[o..o + hw], &xv[o..o + hw]);
+                kernels::masked_scale(d, y, dy, sc[p % c]);
+                let (sh, ss) = kernels::masked_sums(y, dy, x);
                 (ss, sh)
             })
             .collect();
@@ -288,7 +261,7 @@ pub fn affine_relu(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::conv::testing::max_diff;
+    use crate::models::conv_direct::testing::max_diff;
     use crate::rng::Rng;
     use candle_core::{Device, Var};
 

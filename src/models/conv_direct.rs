@@ -1,11 +1,13 @@
 //! CPU convolution one image at a time: im2col into a cache-sized scratch, one GEMM straight into NCHW.
 //!
-//! The whole-batch im2col of `conv.rs` builds a column matrix of N·Ho·Wo rows (57 MB for a 16-channel
-//! 28×28 layer at batch 128), writes it once and reads it back from memory; its output then needs a
-//! transpose back to NCHW. Per image, the columns (C·k·k × Ho·Wo, a few hundred KB) stay in L2, the GEMM
-//! writes the (Cout × Ho·Wo) output block of that image in place, and images run in parallel, each with a
-//! single-threaded GEMM (no barrier between tiny GEMMs). The backward is the same two GEMMs transposed:
-//! input gradient = col2im(Wᵀ · dY_b) per image; weight gradient = Σ_b dY_b · cols_bᵀ, summed over a fixed
+//! candle 0.11's CPU conv backward (a direct conv_transpose and a whole-map conv) dominated our step, and a
+//! whole-batch im2col builds a column matrix of N·Ho·Wo rows (57 MB for a 16-channel 28×28 layer at batch
+//! 128) that is written once, read back from memory and transposed to NCHW. Per image, the columns
+//! (C·k·k × Ho·Wo, at most a few MB) stay in cache, the GEMM writes the (Cout × Ho·Wo) output block of that
+//! image in place, and images run in parallel, each with a single-threaded GEMM (no barrier between tiny
+//! GEMMs); this beat the whole-batch path at every PreActResNet18 layer too, down to 4×4 maps.
+//! Backward: the input gradient of a stride-1 "same" conv is the same conv of dY by the flipped kernel;
+//! other geometries use col2im(Wᵀ · dY_b). The weight gradient is Σ_b dY_b · cols_bᵀ, summed over a fixed
 //! number of batch chunks in a fixed order so the result does not depend on the thread count.
 //! Gradients a pass does not need (weights detached during attacks) are not computed.
 
@@ -13,7 +15,18 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::conv::f32_slice;
+use candle_core::backend::BackendStorage;
+
+/// Borrows a contiguous f32 CPU storage's data (the kernels take slices).
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{what}: only f32 is supported on CPU, got {:?}", s.dtype())
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{what}: input must be contiguous"),
+    }
+}
 
 /// Fixed number of partial sums of the weight gradient (determinism across thread counts).
 const WGRAD_CHUNKS: usize = 4;
@@ -84,20 +97,12 @@ impl Geom {
     }
 }
 
-/// Whether the per-image kernels pay off: enough output pixels per image for the GEMMs, and a
-/// weight gradient small enough to stay in cache while every image adds to it.
-pub(crate) fn suits(x: &[usize], wt: &[usize], stride: usize) -> bool {
-    if x.len() != 4 || wt.len() != 4 || stride == 0 {
-        return false;
-    }
-    let (h, w, k) = (x[2], x[3], wt[2]);
-    let p = (h / stride) * (w / stride);
-    let wsize = wt[0] * wt[1] * k * k;
-    p >= 128 || wsize <= 65_536
-}
-
 /// (C, H, W) image -> (C·k·k, Ho·Wo) columns, row r = (c, ky, kx).
 fn im2col(g: &Geom, x: &[f32], cols: &mut [f32]) {
+    if g.stride == 1 && g.wo == g.w {
+        im2col_same(g, x, cols);
+        return;
+    }
     let p = g.p();
     for c in 0..g.c {
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
@@ -123,6 +128,43 @@ fn im2col(g: &Geom, x: &[f32], cols: &mut [f32]) {
                         for (ox, v) in seg[lo..hi].iter_mut().enumerate() {
                             *v = src[(lo + ox) * g.stride + kx - g.pad];
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `im2col` for stride 1 with the output as wide as the input: each column row is the whole input
+/// plane shifted by (ky − pad)·W + (kx − pad), so it is one long copy plus zeroed borders, not Ho
+/// copies of W floats each (per-row copies were ~15% of the FGSM step, mostly call overhead).
+fn im2col_same(g: &Geom, x: &[f32], cols: &mut [f32]) {
+    let (p, hw) = (g.p(), g.h * g.w);
+    for c in 0..g.c {
+        let plane = &x[c * hw..(c + 1) * hw];
+        for ky in 0..g.k {
+            // Output rows whose input row oy + ky − pad lies inside the image.
+            let oy_lo = g.pad.saturating_sub(ky).min(g.ho);
+            let oy_hi = (g.h + g.pad).saturating_sub(ky).min(g.ho).max(oy_lo);
+            for kx in 0..g.k {
+                let r = (c * g.k + ky) * g.k + kx;
+                let row = &mut cols[r * p..(r + 1) * p];
+                let shift = (ky * g.w + kx) as isize - (g.pad * g.w + g.pad) as isize;
+                // Positions inside the valid rows whose shifted source is inside the plane.
+                let start = (oy_lo * g.wo).max((-shift).max(0) as usize);
+                let end = (oy_hi * g.wo).min((hw as isize - shift).max(0) as usize).max(start);
+                row[..start].fill(0.0);
+                let src = (start as isize + shift) as usize;
+                row[start..end].copy_from_slice(&plane[src..src + (end - start)]);
+                row[end..].fill(0.0);
+                // Columns whose input column ox + kx − pad falls off the left or right edge wrapped
+                // into the neighbouring row in the long copy: zero them.
+                let (lo, hi) = g.valid_ox(kx);
+                if lo > 0 || hi < g.wo {
+                    for oy in oy_lo..oy_hi {
+                        let seg = &mut row[oy * g.wo..(oy + 1) * g.wo];
+                        seg[..lo].fill(0.0);
+                        seg[hi..].fill(0.0);
                     }
                 }
             }
@@ -219,6 +261,27 @@ fn gemm(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: Mat,
     }
 }
 
+/// The forward kernel: per image, columns then one GEMM into that image's output block.
+fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let (p, r) = (g.p(), g.r());
+    let mut out = vec![0f32; g.n * g.cout * p];
+    if g.pointwise() {
+        out.par_chunks_mut(g.cout * p).enumerate().for_each(|(b, o)| {
+            let xb = &x[b * g.img()..(b + 1) * g.img()];
+            gemm(g.cout, p, r, o, false, Mat::rows(w, r), Mat::rows(xb, p));
+        });
+    } else {
+        out.par_chunks_mut(g.cout * p).enumerate().for_each_init(
+            || vec![0f32; r * p],
+            |cols, (b, o)| {
+                im2col(g, &x[b * g.img()..(b + 1) * g.img()], cols);
+                gemm(g.cout, p, r, o, false, Mat::rows(w, r), Mat::rows(cols, p));
+            },
+        );
+    }
+    out
+}
+
 /// y = conv(x, w): (N, C, H, W) × (Cout, C, k, k) -> (N, Cout, Ho, Wo).
 pub(crate) struct ConvFwd {
     pub stride: usize,
@@ -233,22 +296,7 @@ impl CustomOp2 for ConvFwd {
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = Geom::new(xl.dims(), wl.dims(), self.stride, self.pad)?;
         let (x, w) = (f32_slice(xs, xl, "conv2d input")?, f32_slice(ws, wl, "conv2d weight")?);
-        let (p, r) = (g.p(), g.r());
-        let mut out = vec![0f32; g.n * g.cout * p];
-        if g.pointwise() {
-            out.par_chunks_mut(g.cout * p).enumerate().for_each(|(b, o)| {
-                let xb = &x[b * g.img()..(b + 1) * g.img()];
-                gemm(g.cout, p, r, o, false, Mat::rows(w, r), Mat::rows(xb, p));
-            });
-        } else {
-            out.par_chunks_mut(g.cout * p).enumerate().for_each_init(
-                || vec![0f32; r * p],
-                |cols, (b, o)| {
-                    im2col(&g, &x[b * g.img()..(b + 1) * g.img()], cols);
-                    gemm(g.cout, p, r, o, false, Mat::rows(w, r), Mat::rows(cols, p));
-                },
-            );
-        }
+        let out = forward(&g, x, w);
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.cout, g.ho, g.wo))))
     }
 
@@ -302,6 +350,22 @@ impl CustomOp2 for ConvBwdData {
             candle_core::bail!("conv2d backward: gradient {dims:?} does not match the output of {x_dims:?}")
         }
         let (dy, w) = (f32_slice(ds, dl, "conv2d grad")?, f32_slice(ws, wl, "conv2d weight")?);
+        if g.stride == 1 && 2 * g.pad + 1 == g.k && g.k > 1 {
+            // A stride-1 "same" conv's input gradient is the same conv of dY by the flipped,
+            // channel-swapped kernel: one GEMM with K = Cout·k·k per image, instead of a K = Cout
+            // GEMM and a scatter-add (col2im) over k·k shifted copies.
+            let gt = Geom {
+                c: g.cout,
+                h: g.ho,
+                w: g.wo,
+                cout: g.c,
+                ho: g.h,
+                wo: g.w,
+                ..g
+            };
+            let dx = forward(&gt, dy, &flipped_kernel(&g, w));
+            return Ok((CpuStorage::F32(dx), Shape::from(x_dims.to_vec())));
+        }
         let (p, r) = (g.p(), g.r());
         let mut dx = vec![0f32; g.n * g.img()];
         let wt = Mat::transposed(w, r);
@@ -322,6 +386,22 @@ impl CustomOp2 for ConvBwdData {
         }
         Ok((CpuStorage::F32(dx), Shape::from(x_dims.to_vec())))
     }
+}
+
+/// (Cout, C, k, k) -> (C, Cout, k, k) with both spatial axes reversed: the kernel of the adjoint conv.
+fn flipped_kernel(g: &Geom, w: &[f32]) -> Vec<f32> {
+    let kk = g.k * g.k;
+    let mut out = vec![0f32; w.len()];
+    for co in 0..g.cout {
+        for ci in 0..g.c {
+            let src = &w[(co * g.c + ci) * kk..(co * g.c + ci + 1) * kk];
+            let dst = &mut out[(ci * g.cout + co) * kk..(ci * g.cout + co + 1) * kk];
+            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                *d = *s;
+            }
+        }
+    }
+    out
 }
 
 /// dW from (x, dY): Σ_b dY_b · cols_bᵀ.
@@ -386,6 +466,52 @@ pub fn conv2d_per_image(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Re
 }
 
 #[cfg(test)]
+pub(crate) mod testing {
+    use crate::rng::Rng;
+    use candle_core::{Device, Result, Tensor, Var};
+
+    pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// `conv` against candle's conv2d, forward and both gradients, for each (n, c, cout, h, k, stride, pad).
+    pub fn check_conv_against_candle(
+        conv: fn(&Tensor, &Tensor, usize, usize) -> Result<Tensor>,
+        seed: u64,
+        cases: &[(usize, usize, usize, usize, usize, usize, usize)],
+    ) {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(seed);
+        for &(n, c, cout, h, k, stride, pad) in cases {
+            let case = format!("n{n} c{c} cout{cout} h{h} k{k} s{stride} p{pad}");
+            let x = Var::from_tensor(&rng.uniform_tensor(&[n, c, h, h], -1.0, 1.0, &dev).unwrap()).unwrap();
+            let w = Var::from_tensor(&rng.uniform_tensor(&[cout, c, k, k], -1.0, 1.0, &dev).unwrap()).unwrap();
+            let ours = conv(x.as_tensor(), w.as_tensor(), stride, pad).unwrap();
+            let stock = x.as_tensor().conv2d(w.as_tensor(), pad, stride, 1, 1).unwrap();
+            assert_eq!(ours.dims(), stock.dims(), "{case}");
+            assert!(max_diff(&ours, &stock) < 1e-4, "forward {case}");
+            // A random linear functional of the output, so every output element carries a distinct weight.
+            let r = rng.uniform_tensor(stock.dims(), -1.0, 1.0, &dev).unwrap();
+            let ga = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = (stock * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&x, &w] {
+                let (a, b) = (ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
+                assert!(max_diff(a, b) < 1e-3, "gradient {case}: {}", max_diff(a, b));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::rng::Rng;
@@ -393,7 +519,7 @@ mod tests {
 
     #[test]
     fn matches_candle_conv2d_forward_and_gradients() {
-        crate::models::conv::testing::check_conv_against_candle(
+        testing::check_conv_against_candle(
             conv2d_per_image,
             11,
             &[
@@ -404,6 +530,10 @@ mod tests {
                 (1, 2, 3, 7, 3, 1, 0),
                 (6, 1, 4, 5, 3, 2, 1),
                 (2, 3, 2, 4, 3, 1, 2),
+                // "Same" stride-1 convs take the shifted-plane im2col and the flipped-kernel dX.
+                (2, 3, 4, 6, 5, 1, 2),
+                (3, 2, 3, 2, 3, 1, 1),
+                (2, 16, 8, 28, 3, 1, 1),
             ],
         );
     }

@@ -56,16 +56,12 @@ impl Conv2d {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() {
-            if super::conv_direct::suits(x.dims(), self.weight.dims(), self.stride) {
-                Ok(super::conv_direct::conv2d_per_image(
-                    x,
-                    &self.weight,
-                    self.stride,
-                    self.padding,
-                )?)
-            } else {
-                Ok(super::conv::conv2d_im2col(x, &self.weight, self.stride, self.padding)?)
-            }
+            Ok(super::conv_direct::conv2d_per_image(
+                x,
+                &self.weight,
+                self.stride,
+                self.padding,
+            )?)
         } else {
             Ok(x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?)
         }

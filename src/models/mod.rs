@@ -1,8 +1,8 @@
 //! Model architectures: the PreAct ResNet family (tiny CPU default, PreActResNet18) and WideResNet-34-10.
 
 pub mod bn;
-pub mod conv;
 pub mod conv_direct;
+mod kernels;
 pub mod layers;
 pub mod params;
 pub mod preact;
