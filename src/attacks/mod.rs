@@ -3,15 +3,31 @@
 //! Every attack returns a perturbation δ with ‖δ‖∞ ≤ ε and x + δ ∈ [0, 1]. The batch-norm mode used
 //! while attacking is an explicit field of the context, never hidden model state.
 
+pub mod apgd;
+pub mod apgd_t;
+pub mod autoattack;
+pub mod cw;
+pub mod fab;
 pub mod fgsm;
 pub mod fgsm_rs;
+pub mod loss;
+pub mod noise;
 pub mod pgd;
+pub mod square;
 
 use candle_core::{DType, Tensor, Var, D};
 
+pub use apgd::Apgd;
+pub use apgd_t::ApgdT;
+pub use autoattack::AutoAttack;
+pub use cw::CwInf;
+pub use fab::FabT;
 pub use fgsm::Fgsm;
 pub use fgsm_rs::FgsmRs;
+pub use loss::AttackLoss;
+pub use noise::Noise;
 pub use pgd::Pgd;
+pub use square::Square;
 
 use crate::error::Result;
 use crate::models::{Classifier, Mode};
