@@ -8,6 +8,14 @@ mod cli;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // candle runs its element-wise ops on a pool whose threads spin while they wait for work and whose
+    // caller spins until they finish; when anything else uses the cores (a second run, the test harness)
+    // the spinning threads starve each other: perf showed 55% of an AutoAttack run's samples in those
+    // spin loops. covf's kernels parallelise with rayon (RAYON_NUM_THREADS, `covf bench --threads`);
+    // candle's small element-wise ops run on the calling thread unless the user sets CANDLE_NUM_THREADS.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     let args = cli::Cli::parse();
     if let Err(e) = cli::run(args) {
         eprintln!("error: {e}");

@@ -509,3 +509,136 @@ fn bench_reports_each_step_as_json_and_rejects_bad_steps() {
     let o = covf(&["bench", "--shape", "3x32x16"], dir.path());
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
+
+fn eval_rows(run: &Path) -> Vec<(usize, String, f64)> {
+    let rows = covf::eval::results::read_rows(&run.join("eval")).unwrap();
+    rows.into_iter().map(|r| (r.epoch, r.attack, r.accuracy)).collect()
+}
+
+#[test]
+fn eval_writes_tidy_results_orders_attacks_and_resumes_autoattack() {
+    require_fmnist();
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "train",
+        "--method",
+        "fgsm",
+        "--save-every-epoch",
+        "--name",
+        "e",
+        "--eps",
+        "0.1",
+    ];
+    args.extend_from_slice(&["--batch-size", "32", "--lr-max", "0.2"]);
+    args.extend_from_slice(SMALL);
+    let o = covf(&args, dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let eval = [
+        "eval",
+        "e",
+        "--epochs",
+        "all",
+        "--n",
+        "40",
+        "--quiet",
+        "--attacks",
+        "clean,fgsm,pgd10,cw,gaussian,random-sign",
+    ];
+    let o = covf(&eval, dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    // The printed table has Table 3's labels, one line per epoch.
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        out.lines().next().unwrap().contains("PGD-10") && out.contains("C&W"),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 3, "{out}");
+    // AutoAttack (standard) on the last epoch, added to the same tables.
+    let o = covf(&["eval", "e", "--n", "40", "--quiet", "--attacks", "aa"], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let run = dir.path().join("checkpoints/e");
+    assert!(run.join("eval/results.csv").is_file() && run.join("eval/checks.parquet").is_file());
+    let rows = eval_rows(&run);
+    let acc = |e: usize, a: &str| {
+        rows.iter()
+            .find(|r| r.0 == e && r.1 == a)
+            .unwrap_or_else(|| panic!("{e} {a}"))
+            .2
+    };
+    for e in [1, 2] {
+        // Stronger attacks never score higher; every attack is at most clean accuracy.
+        assert!(acc(e, "pgd10") <= acc(e, "fgsm"), "{rows:?}");
+        for a in ["fgsm", "pgd10", "cw"] {
+            assert!(acc(e, a) <= acc(e, "clean"), "{a} {rows:?}");
+        }
+    }
+    assert!(
+        acc(2, "aa") <= acc(2, "pgd10") && acc(2, "aa") <= acc(2, "cw"),
+        "{rows:?}"
+    );
+    // The cascade's stage accuracies never rise and end at the AutoAttack accuracy.
+    let stages: Vec<f64> = ["apgd-ce", "apgd-t", "fab-t", "square"]
+        .iter()
+        .map(|s| acc(2, &format!("aa/{s}")))
+        .collect();
+    assert!(
+        stages.windows(2).all(|w| w[1] <= w[0]) && stages[3] == acc(2, "aa"),
+        "{stages:?}"
+    );
+    // Same seed, same numbers: a second evaluation of epoch 2 reproduces them exactly.
+    let o = covf(
+        &[
+            "eval",
+            "e",
+            "--epochs",
+            "2",
+            "--n",
+            "40",
+            "--quiet",
+            "--attacks",
+            "pgd10,cw,random-sign",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(eval_rows(&run), rows);
+
+    // Interrupt AutoAttack after its first stage (the saved state as it was then), and resume.
+    let state = std::fs::read_dir(run.join("eval"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("state-aa-e002"))
+        .expect("AutoAttack state of epoch 2");
+    let mut st: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let first = st["after"][0].clone();
+    st["done"] = serde_json::json!([st["done"][0].clone()]);
+    st["after"] = serde_json::json!([first.clone()]);
+    st["robust"] = first.clone();
+    st["stage_start"] = first;
+    st["batches_done"] = serde_json::json!(0);
+    std::fs::write(&state, st.to_string()).unwrap();
+    let o = covf(
+        &["eval", "e", "--epochs", "2", "--n", "40", "--attacks", "aa"],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("resuming aa"), "{}", text(&o));
+    assert_eq!(eval_rows(&run), rows);
+
+    // covf table renders the stored results; unknown attacks and epochs are bad input.
+    let o = covf(&["table", "e", "--format", "latex"], dir.path());
+    assert!(
+        o.status.success() && text(&o).contains("\\begin{tabular}"),
+        "{}",
+        text(&o)
+    );
+    for bad in [
+        vec!["eval", "e", "--attacks", "pgd"],
+        vec!["eval", "e", "--epochs", "7"],
+        vec!["eval", "nope"],
+        vec!["eval", "e", "--n", "20000"],
+    ] {
+        let o = covf(&bad, dir.path());
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", text(&o));
+    }
+}

@@ -10,6 +10,7 @@
 //! misclassified and within ε. The projection is docs/autoattack-reference.md §4.3.
 
 use candle_core::Tensor;
+use rayon::prelude::*;
 
 use super::apgd::{attack_robust_subset, clean_correct, predictions, Run};
 use super::apgd_t::ranked_class;
@@ -143,21 +144,21 @@ impl FabT {
             let cur = Tensor::from_vec(x1.clone(), x.shape(), x.device())?;
             let lg = loss_grad(model, &cur, y, &loss, mode)?;
             let g = lg.grad.flatten_all()?.to_vec1::<f32>()?;
-            for i in 0..n {
+            // Rows are independent: project them in parallel.
+            x1.par_chunks_mut(dim.max(1)).enumerate().for_each(|(i, xi)| {
                 let rows = i * dim..(i + 1) * dim;
-                let (gi, xi, oi) = (&g[rows.clone()], &x1[rows.clone()], &xo[rows.clone()]);
+                let (gi, oi) = (&g[rows.clone()], &xo[rows]);
                 // Hyperplane f + ⟨g, v − x1⟩ = 0, i.e. ⟨g, v⟩ = ⟨g, x1⟩ − f.
-                let b = gi.iter().zip(xi).map(|(g, x)| g * x).sum::<f32>() - lg.loss[i];
+                let b = gi.iter().zip(xi.iter()).map(|(g, x)| g * x).sum::<f32>() - lg.loss[i];
                 let d1 = project_linf(xi, gi, b);
                 let d2 = project_linf(oi, gi, b);
                 let a1 = d1.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-8);
                 let a2 = d2.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-8);
                 let a = (a1 / (a1 + a2)).clamp(0.0, amax);
-                let next: Vec<f32> = (0..dim)
-                    .map(|k| ((1.0 - a) * (xi[k] + eta * d1[k]) + a * (oi[k] + eta * d2[k])).clamp(0.0, 1.0))
-                    .collect();
-                x1[rows].copy_from_slice(&next);
-            }
+                for k in 0..dim {
+                    xi[k] = ((1.0 - a) * (xi[k] + eta * d1[k]) + a * (oi[k] + eta * d2[k])).clamp(0.0, 1.0);
+                }
+            });
             let cur = Tensor::from_vec(x1.clone(), x.shape(), x.device())?;
             let pred = predictions(&model.logits(&cur, mode)?.detach())?;
             for i in 0..n {

@@ -1,6 +1,7 @@
 //! Command-line types (clap) and their conversion into the library's validated specs.
 
 pub mod bench;
+pub mod eval;
 pub mod runs;
 pub mod train;
 
@@ -15,7 +16,7 @@ use clap::{Parser, Subcommand};
     about = "Diagnose catastrophic overfitting in fast adversarial training",
     long_about = "covf trains convnets adversarially (FGSM, FGSM-RS, PGD, ...), saves a checkpoint every epoch \
 and measures, epoch by epoch, whether the model catastrophically overfits.",
-    after_help = "Examples:\n  covf train --method fgsm --save-every-epoch\n  covf train --method pgd --steps 10 --save-every-epoch\n  covf runs"
+    after_help = "Examples:\n  covf train --method fgsm --save-every-epoch\n  covf train --method pgd --steps 10 --save-every-epoch\n  covf runs\n  covf eval RUN --attacks clean,pgd20,cw,gaussian,aa"
 )]
 pub struct Cli {
     /// Directory holding one sub-directory per run.
@@ -33,6 +34,10 @@ pub enum Command {
     Runs(runs::RunsArgs),
     /// Images per second of the training steps (clean, FGSM, PGD-N) on synthetic data.
     Bench(bench::BenchArgs),
+    /// Robust accuracy of checkpoints: clean, PGD-N, C&W, noise, AutoAttack; the paper's Table 3.
+    Eval(Box<eval::EvalArgs>),
+    /// Stored evaluation results as a table (Markdown, CSV, LaTeX or text).
+    Table(eval::TableArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -40,5 +45,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => train::run(*a, &cli.checkpoints),
         Command::Runs(a) => runs::run(a, &cli.checkpoints),
         Command::Bench(a) => bench::run(a),
+        Command::Eval(a) => eval::run(*a, &cli.checkpoints),
+        Command::Table(a) => eval::run_table(a, &cli.checkpoints),
     }
 }
