@@ -33,7 +33,6 @@ pub enum ScheduleArg {
 pub mod fmnist_defaults {
     pub const EPS: &str = "0.15";
     pub const EPOCHS: usize = 4;
-    pub const TRAIN_SUBSET: Option<usize> = Some(30_000);
     pub const LR_MAX: f64 = 0.3;
 }
 
@@ -99,7 +98,7 @@ pub struct TrainArgs {
     pub weight_decay: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Train on a fixed, seeded subset of N images [default: 30000 on fmnist; all otherwise]; 0 = all.
+    /// Train on a fixed, seeded subset of N images [default: all]; 0 = all.
     #[arg(long, value_name = "N")]
     pub train_subset: Option<usize>,
     /// Per-epoch test metrics on a fixed, seeded subset of N test images.
@@ -182,12 +181,7 @@ pub fn to_spec(a: &TrainArgs) -> covf::Result<TrainSpec> {
     } else {
         LR_MAX
     });
-    let train_subset = match a.train_subset {
-        Some(0) => None,
-        Some(n) => Some(n),
-        None if dataset == DatasetKind::FashionMnist => fmnist_defaults::TRAIN_SUBSET,
-        None => None,
-    };
+    let train_subset = a.train_subset.filter(|&n| n > 0);
     let schedule = match a.lr_schedule {
         ScheduleArg::Cyclic => LrSchedule::Cyclic {
             max: lr_max,
@@ -311,7 +305,7 @@ mod tests {
     fn fashion_mnist_defaults_are_the_co_setting_and_others_keep_theirs() {
         let s = spec_of(&["train"]);
         assert_eq!(s.eps.value, 0.15);
-        assert_eq!((s.epochs, s.train_subset), (4, Some(30_000)));
+        assert_eq!((s.epochs, s.train_subset), (4, None));
         assert_eq!(s.arch, Arch::PreActTiny);
         assert!(matches!(s.schedule, LrSchedule::Cyclic { max, .. } if max == 0.3));
         let m = spec_of(&["train", "--dataset", "mnist"]);
