@@ -142,6 +142,108 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    /// A 10-class linear model on 4×4 inputs: logits = flatten(x)·W + b.
+    struct LinearK {
+        w: Tensor,
+        b: Tensor,
+    }
+
+    impl Classifier for LinearK {
+        fn logits(&self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
+            Ok(x.flatten_from(1)?.matmul(&self.w)?.broadcast_add(&self.b)?)
+        }
+    }
+
+    #[test]
+    fn every_attack_stays_in_the_ball_and_box_and_repeats_under_a_seed() {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(12);
+        let model = LinearK {
+            w: rng.uniform_tensor(&[16, 10], -1.0, 1.0, &dev).unwrap(),
+            b: rng.uniform_tensor(&[10], -0.5, 0.5, &dev).unwrap(),
+        };
+        let x = rng.uniform_tensor(&[6, 1, 4, 4], 0.0, 1.0, &dev).unwrap();
+        let y = model.logits(&x, Mode::EVAL).unwrap().argmax(1).unwrap();
+        let eps = 0.1f32;
+        let attacks: Vec<Box<dyn Attack>> = vec![
+            Box::new(Fgsm::new(eps)),
+            Box::new(FgsmRs::new(eps)),
+            Box::new(Pgd::new(eps, 10)),
+            Box::new(Pgd {
+                restarts: 3,
+                ..Pgd::new(eps, 5)
+            }),
+            Box::new(CwInf::new(eps)),
+            Box::new(Noise::Sign { eps }),
+            Box::new(Noise::Uniform { eps }),
+            Box::new(Apgd::ce(eps)),
+            Box::new(Apgd {
+                loss: AttackLoss::Dlr,
+                ..Apgd::ce(eps)
+            }),
+            Box::new(ApgdT::new(eps)),
+            Box::new(FabT::new(eps)),
+            Box::new(Square {
+                n_queries: 300,
+                ..Square::new(eps)
+            }),
+            Box::new(AutoAttack {
+                square_queries: 300,
+                ..AutoAttack::standard(eps)
+            }),
+        ];
+        let clean = correct(&model.logits(&x, Mode::EVAL).unwrap(), &y).unwrap();
+        for a in &attacks {
+            let run = |seed: u64| {
+                let mut r = Rng::new(seed);
+                a.perturb(
+                    &model,
+                    &x,
+                    &y,
+                    &mut AttackCtx {
+                        mode: Mode::EVAL,
+                        rng: &mut r,
+                    },
+                )
+                .unwrap()
+                .delta
+            };
+            let d = run(5);
+            let dv: Vec<f32> = d.flatten_all().unwrap().to_vec1().unwrap();
+            let xv: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            for (dd, xx) in dv.iter().zip(&xv) {
+                assert!(dd.abs() <= eps + 1e-6, "{}: |δ| = {dd}", a.name());
+                assert!(
+                    (-1e-6..=1.0 + 1e-6).contains(&(xx + dd)),
+                    "{}: x + δ = {}",
+                    a.name(),
+                    xx + dd
+                );
+            }
+            let adv = correct(&model.logits(&(&x + &d).unwrap(), Mode::EVAL).unwrap(), &y).unwrap();
+            assert!(adv <= clean, "{}: {adv} > {clean}", a.name());
+            let again: Vec<f32> = run(5).flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(dv, again, "{} is not deterministic under a seed", a.name());
+        }
+        // Gaussian noise is not ε-bounded, but stays in the box.
+        let mut r = Rng::new(1);
+        let g = Noise::Gaussian { sigma: 0.3 }
+            .perturb(
+                &model,
+                &x,
+                &y,
+                &mut AttackCtx {
+                    mode: Mode::EVAL,
+                    rng: &mut r,
+                },
+            )
+            .unwrap()
+            .delta;
+        let s = (&x + &g).unwrap();
+        assert!(s.min_all().unwrap().to_scalar::<f32>().unwrap() >= 0.0);
+        assert!(s.max_all().unwrap().to_scalar::<f32>().unwrap() <= 1.0);
+    }
+
     #[test]
     fn projection_respects_ball_and_box() {
         let dev = Device::Cpu;
