@@ -12,6 +12,7 @@
 use candle_core::{Tensor, D};
 
 use super::loss::{loss_grad, AttackLoss};
+use super::robust::{attack_robust_subset, clean_correct, per_row, predictions, row_shape, where_rows, Run};
 use super::{Attack, AttackCtx, Perturbation};
 use crate::error::Result;
 use crate::models::{Classifier, Mode};
@@ -98,44 +99,12 @@ pub fn checkpoints(n_iter: usize) -> Vec<usize> {
     out
 }
 
-/// (n, 1, …, 1) with the rank of `like`: the shape of one value per row.
-fn row_shape(n: usize, like: &Tensor) -> Vec<usize> {
-    let mut shape = vec![1usize; like.rank()];
-    shape[0] = n;
-    shape
-}
-
-/// Rows of `a` where `mask` is true, of `b` elsewhere; `a`, `b` are (N, …) and `mask` has N entries.
-pub(crate) fn where_rows(mask: &[bool], a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let shape = row_shape(mask.len(), a);
-    let m = Tensor::from_vec(mask.iter().map(|&v| u8::from(v)).collect::<Vec<_>>(), shape, a.device())?;
-    Ok(m.broadcast_as(a.shape())?.where_cond(a, b)?)
-}
-
-/// One value per row, shaped (N, 1, …, 1) to broadcast against an (N, …) tensor.
-pub(crate) fn per_row(v: &[f32], like: &Tensor) -> Result<Tensor> {
-    Ok(Tensor::from_vec(v.to_vec(), row_shape(v.len(), like), like.device())?)
-}
-
-/// Row-wise argmax as host integers.
-pub(crate) fn predictions(logits: &Tensor) -> Result<Vec<u32>> {
-    Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
-}
-
 /// x0 = clip(x + ε·t / max|t|, 0, 1) with t ~ U[−1, 1): the reference's start, on the surface of the ball.
 pub(crate) fn surface_start(x: &Tensor, eps: f32, rng: &mut Rng) -> Result<Tensor> {
     let t = rng.uniform_tensor(x.dims(), -1.0, 1.0, x.device())?;
     let m = t.abs()?.flatten_from(1)?.max(D::Minus1)?;
     let m = (m + 1e-12)?.reshape(row_shape(x.dim(0)?, x))?;
     Ok((x + (t.broadcast_div(&m)? * f64::from(eps))?)?.clamp(0f32, 1f32)?)
-}
-
-/// Result of one APGD run on a batch.
-pub(crate) struct Run {
-    /// Per example: still classified correctly at every iterate.
-    pub robust: Vec<bool>,
-    /// The last misclassified iterate per example (the start point where there was none).
-    pub x_adv: Tensor,
 }
 
 /// One APGD run (docs/autoattack-reference.md §2.3) of `n_iter` iterations from a surface start.
@@ -235,41 +204,6 @@ pub(crate) fn single_run(
         }
     }
     Ok(Run { robust, x_adv })
-}
-
-/// Runs `run` on the examples still robust, keeping each example's first success; returns the final δ
-/// and the per-example robust flags. `robust` starts as clean correctness.
-pub(crate) fn attack_robust_subset(
-    x: &Tensor,
-    y: &Tensor,
-    robust: &mut [bool],
-    delta: &mut Tensor,
-    mut run: impl FnMut(&Tensor, &Tensor, &[usize]) -> Result<Run>,
-) -> Result<()> {
-    let idx: Vec<usize> = robust.iter().enumerate().filter(|(_, &r)| r).map(|(i, _)| i).collect();
-    if idx.is_empty() {
-        return Ok(());
-    }
-    let it = Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), x.device())?;
-    let (xs, ys) = (x.index_select(&it, 0)?, y.index_select(&it, 0)?);
-    let out = run(&xs, &ys, &idx)?;
-    let fooled: Vec<bool> = out.robust.iter().map(|r| !r).collect();
-    let d = where_rows(&fooled, &(&out.x_adv - &xs)?, &xs.zeros_like()?)?;
-    *delta = delta.index_add(&it, &d, 0)?;
-    for (&i, f) in idx.iter().zip(&fooled) {
-        if *f {
-            robust[i] = false;
-        }
-    }
-    Ok(())
-}
-
-/// Clean correctness per example.
-pub(crate) fn clean_correct(model: &dyn Classifier, x: &Tensor, y: &Tensor, mode: Mode) -> Result<(Vec<bool>, Tensor)> {
-    let logits = model.logits(x, mode)?.detach();
-    let y_host = y.to_vec1::<u32>()?;
-    let ok = predictions(&logits)?.iter().zip(&y_host).map(|(p, t)| p == t).collect();
-    Ok((ok, logits))
 }
 
 impl Attack for Apgd {

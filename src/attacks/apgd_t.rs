@@ -5,8 +5,9 @@
 
 use candle_core::Tensor;
 
-use super::apgd::{attack_robust_subset, clean_correct, single_run, RunParams};
+use super::apgd::{single_run, RunParams};
 use super::loss::AttackLoss;
+use super::robust::{attack_robust_subset, clean_correct, index_tensor};
 use super::{Attack, AttackCtx, Perturbation};
 use crate::error::Result;
 use crate::models::Classifier;
@@ -52,8 +53,7 @@ impl Attack for ApgdT {
         for rank in 2..=last {
             for _ in 0..self.restarts.max(1) {
                 attack_robust_subset(x, y, &mut robust, &mut delta, |xs, ys, idx| {
-                    let it =
-                        Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), x.device())?;
+                    let it = index_tensor(idx, x.device())?;
                     let target = ranked_class(&clean.index_select(&it, 0)?, rank)?;
                     let loss = AttackLoss::DlrTargeted(target);
                     let p = RunParams {

@@ -9,7 +9,7 @@
 
 use candle_core::Tensor;
 
-use super::apgd::{predictions, where_rows};
+use super::robust::{attack_robust_subset, clean_correct, recheck};
 use super::{Apgd, ApgdT, Attack, AttackCtx, AttackLoss, FabT, Perturbation, Square};
 use crate::error::{CovfError, Result};
 use crate::models::Classifier;
@@ -131,25 +131,13 @@ impl AutoAttack {
         state: &mut CascadeState,
         ctx: &mut AttackCtx,
     ) -> Result<usize> {
-        let CascadeState { robust, delta } = state;
-        let idx: Vec<usize> = robust.iter().enumerate().filter(|(_, &r)| r).map(|(i, _)| i).collect();
-        if idx.is_empty() {
-            return Ok(0);
-        }
-        let it = Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), x.device())?;
-        let (xs, ys) = (x.index_select(&it, 0)?, y.index_select(&it, 0)?);
-        let d = self.stage_attack(stage).perturb(model, &xs, &ys, ctx)?.delta;
-        let pred = predictions(&model.logits(&(&xs + &d)?, ctx.mode)?.detach())?;
-        let fooled: Vec<bool> = pred.iter().zip(ys.to_vec1::<u32>()?).map(|(p, t)| *p != t).collect();
-        let kept = where_rows(&fooled, &d, &d.zeros_like()?)?;
-        *delta = delta.index_add(&it, &kept, 0)?;
-        let mut n = 0;
-        for (&i, &f) in idx.iter().zip(&fooled) {
-            if f {
-                robust[i] = false;
-                n += 1;
-            }
-        }
+        let before = state.robust.iter().filter(|&&r| r).count();
+        let attack = self.stage_attack(stage);
+        attack_robust_subset(x, y, &mut state.robust, &mut state.delta, |xs, ys, _| {
+            let d = attack.perturb(model, xs, ys, ctx)?.delta;
+            recheck(model, ys, (xs + &d)?, ctx.mode)
+        })?;
+        let n = before - state.robust.iter().filter(|&&r| r).count();
         Ok(n)
     }
 }
@@ -161,10 +149,8 @@ impl Attack for AutoAttack {
 
     /// The whole cascade on one batch: δ is the first successful stage's perturbation, 0 where none was.
     fn perturb(&self, model: &dyn Classifier, x: &Tensor, y: &Tensor, ctx: &mut AttackCtx) -> Result<Perturbation> {
-        let y_host = y.to_vec1::<u32>()?;
-        let clean = predictions(&model.logits(x, ctx.mode)?.detach())?;
         let mut state = CascadeState {
-            robust: clean.iter().zip(&y_host).map(|(p, t)| p == t).collect(),
+            robust: clean_correct(model, x, y, ctx.mode)?.0,
             delta: x.zeros_like()?,
         };
         for &stage in &self.stages {

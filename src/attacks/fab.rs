@@ -12,9 +12,9 @@
 use candle_core::Tensor;
 use rayon::prelude::*;
 
-use super::apgd::{attack_robust_subset, clean_correct, predictions, Run};
 use super::apgd_t::ranked_class;
 use super::loss::{loss_grad, AttackLoss};
+use super::robust::{attack_robust_subset, clean_correct, index_tensor, predictions, Run};
 use super::{Attack, AttackCtx, Perturbation};
 use crate::error::Result;
 use crate::models::{Classifier, Mode};
@@ -195,7 +195,7 @@ impl Attack for FabT {
         let last = (self.n_targets + 1).min(clean.dim(1)?);
         for rank in 2..=last {
             attack_robust_subset(x, y, &mut robust, &mut delta, |xs, ys, idx| {
-                let it = Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), x.device())?;
+                let it = index_tensor(idx, x.device())?;
                 let target = ranked_class(&clean.index_select(&it, 0)?, rank)?;
                 self.single_run(model, xs, ys, &target, ctx.mode)
             })?;

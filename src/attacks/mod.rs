@@ -13,6 +13,7 @@ pub mod fgsm_rs;
 pub mod loss;
 pub mod noise;
 pub mod pgd;
+mod robust;
 pub mod square;
 
 use candle_core::{DType, Tensor, Var, D};

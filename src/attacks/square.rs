@@ -10,8 +10,8 @@
 
 use candle_core::Tensor;
 
-use super::apgd::{predictions, where_rows};
 use super::loss::max_other;
+use super::robust::{attack_robust_subset, clean_correct, index_tensor, indices, recheck, where_rows};
 use super::{Attack, AttackCtx, Perturbation};
 use crate::error::Result;
 use crate::models::{Classifier, Mode};
@@ -67,18 +67,6 @@ fn margins(model: &dyn Classifier, x: &Tensor, y: &Tensor, mode: Mode) -> Result
     Ok((zy - max_other(&z, y)?)?.to_vec1::<f32>()?)
 }
 
-fn indices(mask: &[bool]) -> Vec<usize> {
-    mask.iter().enumerate().filter(|(_, &m)| m).map(|(i, _)| i).collect()
-}
-
-fn index_tensor(idx: &[usize], x: &Tensor) -> Result<Tensor> {
-    Ok(Tensor::from_vec(
-        idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-        idx.len(),
-        x.device(),
-    )?)
-}
-
 impl Square {
     /// One run on a batch of correctly classified examples; returns the best points found.
     fn single_run(&self, model: &dyn Classifier, x: &Tensor, y: &Tensor, mode: Mode, rng: &mut Rng) -> Result<Tensor> {
@@ -119,7 +107,7 @@ impl Square {
                 }
             }
             let window = Tensor::from_vec(window, (1, c, h, w), x.device())?;
-            let it_t = index_tensor(&active, x)?;
+            let it_t = index_tensor(&active, x.device())?;
             let xb = x_best.index_select(&it_t, 0)?;
             let cand = xb
                 .broadcast_add(&window)?
@@ -152,25 +140,13 @@ impl Attack for Square {
     }
 
     fn perturb(&self, model: &dyn Classifier, x: &Tensor, y: &Tensor, ctx: &mut AttackCtx) -> Result<Perturbation> {
-        let y_host = y.to_vec1::<u32>()?;
-        let clean = predictions(&model.logits(x, ctx.mode)?.detach())?;
-        let mut robust: Vec<bool> = clean.iter().zip(&y_host).map(|(p, t)| p == t).collect();
+        let (mut robust, _) = clean_correct(model, x, y, ctx.mode)?;
         let mut delta = x.zeros_like()?;
         for _ in 0..self.restarts.max(1) {
-            let idx = indices(&robust);
-            if idx.is_empty() {
-                break;
-            }
-            let it = index_tensor(&idx, x)?;
-            let (xs, ys) = (x.index_select(&it, 0)?, y.index_select(&it, 0)?);
-            let adv = self.single_run(model, &xs, &ys, ctx.mode, ctx.rng)?;
-            let pred = predictions(&model.logits(&adv, ctx.mode)?.detach())?;
-            let fooled: Vec<bool> = pred.iter().zip(ys.to_vec1::<u32>()?).map(|(p, t)| *p != t).collect();
-            let d = where_rows(&fooled, &(&adv - &xs)?, &xs.zeros_like()?)?;
-            delta = delta.index_add(&it, &d, 0)?;
-            for (&i, &f) in idx.iter().zip(&fooled) {
-                robust[i] &= !f;
-            }
+            attack_robust_subset(x, y, &mut robust, &mut delta, |xs, ys, _| {
+                let x_adv = self.single_run(model, xs, ys, ctx.mode, ctx.rng)?;
+                recheck(model, ys, x_adv, ctx.mode)
+            })?;
         }
         Ok(Perturbation {
             delta,
@@ -183,6 +159,7 @@ impl Attack for Square {
 mod tests {
     use super::*;
     use crate::attacks::linear::TwoClassLinear;
+    use crate::attacks::robust::predictions;
     use candle_core::Device;
 
     #[test]
