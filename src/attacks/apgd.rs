@@ -12,7 +12,7 @@
 use candle_core::{Tensor, D};
 
 use super::loss::{loss_grad, AttackLoss};
-use super::robust::{attack_robust_subset, clean_correct, per_row, predictions, row_shape, where_rows, Run};
+use super::robust::{per_row, perturb_robust, predictions, row_shape, where_rows, Run};
 use super::{Attack, AttackCtx, Perturbation};
 use crate::error::Result;
 use crate::models::{Classifier, Mode};
@@ -218,17 +218,15 @@ impl Attack for Apgd {
     }
 
     fn perturb(&self, model: &dyn Classifier, x: &Tensor, y: &Tensor, ctx: &mut AttackCtx) -> Result<Perturbation> {
-        let (mut robust, _) = clean_correct(model, x, y, ctx.mode)?;
-        let mut delta = x.zeros_like()?;
-        for _ in 0..self.restarts.max(1) {
-            attack_robust_subset(x, y, &mut robust, &mut delta, |xs, ys, _| {
-                single_run(model, xs, ys, &self.loss, self.params(), ctx.mode, ctx.rng)
-            })?;
-        }
-        Ok(Perturbation {
-            delta,
-            clean_logits: None,
-        })
+        let mode = ctx.mode;
+        perturb_robust(
+            model,
+            x,
+            y,
+            mode,
+            |_| self.restarts.max(1),
+            |_, xs, ys, _, _| single_run(model, xs, ys, &self.loss, self.params(), mode, ctx.rng),
+        )
     }
 }
 

@@ -7,7 +7,7 @@ use candle_core::Tensor;
 
 use super::apgd::{single_run, RunParams};
 use super::loss::AttackLoss;
-use super::robust::{attack_robust_subset, clean_correct, index_tensor};
+use super::robust::{index_tensor, perturb_robust};
 use super::{Attack, AttackCtx, Perturbation};
 use crate::error::Result;
 use crate::models::Classifier;
@@ -40,35 +40,29 @@ pub(crate) fn ranked_class(logits: &Tensor, rank: usize) -> Result<Tensor> {
     Ok(order.narrow(1, rank - 1, 1)?.squeeze(1)?.contiguous()?)
 }
 
+/// The `rank`-th largest clean logit's class for the examples `idx` (targets beyond the number of other
+/// classes do not exist: callers stop at K − 1).
+pub(crate) fn targets(clean: &Tensor, idx: &[usize], rank: usize) -> Result<Tensor> {
+    ranked_class(&clean.index_select(&index_tensor(idx, clean.device())?, 0)?, rank)
+}
+
 impl Attack for ApgdT {
     fn name(&self) -> String {
         "apgd-t".into()
     }
 
     fn perturb(&self, model: &dyn Classifier, x: &Tensor, y: &Tensor, ctx: &mut AttackCtx) -> Result<Perturbation> {
-        let (mut robust, clean) = clean_correct(model, x, y, ctx.mode)?;
-        let mut delta = x.zeros_like()?;
-        // Targets beyond the number of other classes do not exist.
-        let last = (self.n_targets + 1).min(clean.dim(1)?);
-        for rank in 2..=last {
-            for _ in 0..self.restarts.max(1) {
-                attack_robust_subset(x, y, &mut robust, &mut delta, |xs, ys, idx| {
-                    let it = index_tensor(idx, x.device())?;
-                    let target = ranked_class(&clean.index_select(&it, 0)?, rank)?;
-                    let loss = AttackLoss::DlrTargeted(target);
-                    let p = RunParams {
-                        eps: self.eps,
-                        n_iter: self.n_iter,
-                        rho: self.rho,
-                        eot: 1,
-                    };
-                    single_run(model, xs, ys, &loss, p, ctx.mode, ctx.rng)
-                })?;
-            }
-        }
-        Ok(Perturbation {
-            delta,
-            clean_logits: None,
+        let (mode, restarts) = (ctx.mode, self.restarts.max(1));
+        let rounds = |k: usize| self.n_targets.min(k.saturating_sub(1)) * restarts;
+        perturb_robust(model, x, y, mode, rounds, |round, xs, ys, idx, clean| {
+            let loss = AttackLoss::DlrTargeted(targets(clean, idx, 2 + round / restarts)?);
+            let p = RunParams {
+                eps: self.eps,
+                n_iter: self.n_iter,
+                rho: self.rho,
+                eot: 1,
+            };
+            single_run(model, xs, ys, &loss, p, mode, ctx.rng)
         })
     }
 }

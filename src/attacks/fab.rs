@@ -12,9 +12,9 @@
 use candle_core::Tensor;
 use rayon::prelude::*;
 
-use super::apgd_t::ranked_class;
+use super::apgd_t::targets;
 use super::loss::{loss_grad, AttackLoss};
-use super::robust::{attack_robust_subset, clean_correct, index_tensor, predictions, Run};
+use super::robust::{perturb_robust, predictions, Run};
 use super::{Attack, AttackCtx, Perturbation};
 use crate::error::Result;
 use crate::models::{Classifier, Mode};
@@ -190,19 +190,10 @@ impl Attack for FabT {
     }
 
     fn perturb(&self, model: &dyn Classifier, x: &Tensor, y: &Tensor, ctx: &mut AttackCtx) -> Result<Perturbation> {
-        let (mut robust, clean) = clean_correct(model, x, y, ctx.mode)?;
-        let mut delta = x.zeros_like()?;
-        let last = (self.n_targets + 1).min(clean.dim(1)?);
-        for rank in 2..=last {
-            attack_robust_subset(x, y, &mut robust, &mut delta, |xs, ys, idx| {
-                let it = index_tensor(idx, x.device())?;
-                let target = ranked_class(&clean.index_select(&it, 0)?, rank)?;
-                self.single_run(model, xs, ys, &target, ctx.mode)
-            })?;
-        }
-        Ok(Perturbation {
-            delta,
-            clean_logits: None,
+        let mode = ctx.mode;
+        let rounds = |k: usize| self.n_targets.min(k.saturating_sub(1));
+        perturb_robust(model, x, y, mode, rounds, |round, xs, ys, idx, clean| {
+            self.single_run(model, xs, ys, &targets(clean, idx, 2 + round)?, mode)
         })
     }
 }

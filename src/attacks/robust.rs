@@ -4,6 +4,7 @@
 
 use candle_core::{Device, Tensor, D};
 
+use super::Perturbation;
 use crate::error::Result;
 use crate::models::{Classifier, Mode};
 
@@ -93,4 +94,28 @@ pub(crate) fn clean_correct(model: &dyn Classifier, x: &Tensor, y: &Tensor, mode
     let y_host = y.to_vec1::<u32>()?;
     let ok = predictions(&logits)?.iter().zip(&y_host).map(|(p, t)| p == t).collect();
     Ok((ok, logits))
+}
+
+/// The common shape of the attacks that only attack examples still robust: clean correctness first, then
+/// `rounds(K)` runs for a K-class model (`run` gets the round, the robust subset, its indices and the clean logits of all
+/// examples), each example keeping the first success; δ is 0 where none succeeded.
+pub(crate) fn perturb_robust(
+    model: &dyn Classifier,
+    x: &Tensor,
+    y: &Tensor,
+    mode: Mode,
+    rounds: impl FnOnce(usize) -> usize,
+    mut run: impl FnMut(usize, &Tensor, &Tensor, &[usize], &Tensor) -> Result<Run>,
+) -> Result<Perturbation> {
+    let (mut robust, clean) = clean_correct(model, x, y, mode)?;
+    let mut delta = x.zeros_like()?;
+    for round in 0..rounds(clean.dim(1)?) {
+        attack_robust_subset(x, y, &mut robust, &mut delta, |xs, ys, idx| {
+            run(round, xs, ys, idx, &clean)
+        })?;
+    }
+    Ok(Perturbation {
+        delta,
+        clean_logits: None,
+    })
 }

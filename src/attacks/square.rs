@@ -11,7 +11,7 @@
 use candle_core::Tensor;
 
 use super::loss::max_other;
-use super::robust::{attack_robust_subset, clean_correct, index_tensor, indices, recheck, where_rows};
+use super::robust::{index_tensor, indices, perturb_robust, recheck, where_rows};
 use super::{Attack, AttackCtx, Perturbation};
 use crate::error::Result;
 use crate::models::{Classifier, Mode};
@@ -140,18 +140,18 @@ impl Attack for Square {
     }
 
     fn perturb(&self, model: &dyn Classifier, x: &Tensor, y: &Tensor, ctx: &mut AttackCtx) -> Result<Perturbation> {
-        let (mut robust, _) = clean_correct(model, x, y, ctx.mode)?;
-        let mut delta = x.zeros_like()?;
-        for _ in 0..self.restarts.max(1) {
-            attack_robust_subset(x, y, &mut robust, &mut delta, |xs, ys, _| {
-                let x_adv = self.single_run(model, xs, ys, ctx.mode, ctx.rng)?;
-                recheck(model, ys, x_adv, ctx.mode)
-            })?;
-        }
-        Ok(Perturbation {
-            delta,
-            clean_logits: None,
-        })
+        let mode = ctx.mode;
+        perturb_robust(
+            model,
+            x,
+            y,
+            mode,
+            |_| self.restarts.max(1),
+            |_, xs, ys, _, _| {
+                let x_adv = self.single_run(model, xs, ys, mode, ctx.rng)?;
+                recheck(model, ys, x_adv, mode)
+            },
+        )
     }
 }
 
