@@ -83,14 +83,13 @@ impl CustomOp3 for BnReluTrain {
             .collect();
         // An op object runs forward once; a second forward through the same object cannot happen.
         let _ = self.stats.set(stats);
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(hw)
-            .zip(x.par_chunks(hw))
-            .enumerate()
-            .for_each(|(i, (o, xi))| {
+        // SAFETY: affine_relu writes all `hw` floats of each chunk.
+        let out = unsafe {
+            kernels::par_filled(x.len(), hw, |i, o| {
                 let (sc, sh) = coef[i % c];
-                kernels::affine_relu(o, xi, sc, sh);
-            });
+                kernels::affine_relu(o, &x[i * hw..(i + 1) * hw], sc, sh);
+            })
+        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -180,13 +179,12 @@ impl CustomOp3 for AffineRelu {
         let sc = slice(s2, l2, "affine scale")?;
         let sh = slice(s3, l3, "affine shift")?;
         let (_, c, hw) = dims(l1)?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(hw)
-            .zip(x.par_chunks(hw))
-            .enumerate()
-            .for_each(|(i, (o, xi))| {
-                kernels::affine_relu(o, xi, sc[i % c], sh[i % c]);
-            });
+        // SAFETY: affine_relu writes all `hw` floats of each chunk.
+        let out = unsafe {
+            kernels::par_filled(x.len(), hw, |i, o| {
+                kernels::affine_relu(o, &x[i * hw..(i + 1) * hw], sc[i % c], sh[i % c]);
+            })
+        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 

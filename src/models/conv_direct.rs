@@ -14,6 +14,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 use candle_core::backend::BackendStorage;
 
@@ -261,6 +262,44 @@ fn gemm(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: Mat,
     }
 }
 
+/// `dst (m×n) = a · b` into memory that need not be initialised: the GEMM is told not to read `dst`
+/// and writes each of its m·n elements.
+fn gemm_into(m: usize, n: usize, k: usize, dst: &mut [MaybeUninit<f32>], a: Mat, b: Mat) {
+    assert!(
+        dst.len() >= m * n && a.fits(m, k) && b.fits(k, n),
+        "gemm operands out of bounds"
+    );
+    if k == 0 {
+        dst[..m * n].fill(MaybeUninit::new(0.0));
+        return;
+    }
+    // SAFETY: as in `gemm`; with read_dst = false the kernel only stores to dst (MaybeUninit<f32> has
+    // f32's layout).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().cast::<f32>(),
+            1,
+            n as isize,
+            false,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
 thread_local! {
     /// Per-thread column buffer, reused across images and ops: allocating and zeroing a fresh one per
     /// op showed up as memset and page faults (7–12% of samples in perf). Every user overwrites the
@@ -284,21 +323,19 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 /// The forward kernel: per image, columns then one GEMM into that image's output block.
 fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (p, r) = (g.p(), g.r());
-    let mut out = vec![0f32; g.n * g.cout * p];
-    if g.pointwise() {
-        out.par_chunks_mut(g.cout * p).enumerate().for_each(|(b, o)| {
-            let xb = &x[b * g.img()..(b + 1) * g.img()];
-            gemm(g.cout, p, r, o, false, Mat::rows(w, r), Mat::rows(xb, p));
-        });
-    } else {
-        out.par_chunks_mut(g.cout * p).enumerate().for_each(|(b, o)| {
+    let fill = |b: usize, o: &mut [MaybeUninit<f32>]| {
+        let xb = &x[b * g.img()..(b + 1) * g.img()];
+        if g.pointwise() {
+            gemm_into(g.cout, p, r, o, Mat::rows(w, r), Mat::rows(xb, p));
+        } else {
             with_scratch(r * p, |cols| {
-                im2col(g, &x[b * g.img()..(b + 1) * g.img()], cols);
-                gemm(g.cout, p, r, o, false, Mat::rows(w, r), Mat::rows(cols, p));
+                im2col(g, xb, cols);
+                gemm_into(g.cout, p, r, o, Mat::rows(w, r), Mat::rows(cols, p));
             })
-        });
-    }
-    out
+        }
+    };
+    // SAFETY: gemm_into writes all cout·p floats of each image's block.
+    unsafe { super::kernels::par_filled(g.n * g.cout * p, g.cout * p, fill) }
 }
 
 /// y = conv(x, w): (N, C, H, W) × (Cout, C, k, k) -> (N, Cout, Ho, Wo).
