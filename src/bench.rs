@@ -12,9 +12,10 @@ use serde::Serialize;
 use crate::data::{AugParams, Batch};
 use crate::error::{CovfError, Result};
 use crate::models::{self, ArchSpec};
+use crate::optim::LrSchedule;
 use crate::optim::Sgd;
 use crate::rng::Rng;
-use crate::train::{build_method, MethodSpec, StepCtx};
+use crate::train::{build_method, MethodEnv, MethodSpec, StepCtx};
 
 /// What to time: one model, one input shape, one batch size, several methods.
 #[derive(Debug, Clone)]
@@ -94,16 +95,30 @@ pub fn run(spec: &BenchSpec, dev: &Device, mut progress: impl FnMut(&BenchRow)) 
     for m in &spec.methods {
         let (model, store) = models::build(a, dev, spec.seed)?;
         let mut opt = Sgd::new(store.trainable(), 0.9, 5e-4);
-        let mut method = build_method(m, spec.eps);
+        let env = MethodEnv {
+            eps: spec.eps,
+            n_train: spec.batch,
+            shape: (c, s, s),
+            pad: 0,
+            seed: spec.seed,
+            device: dev.clone(),
+            batch_size: spec.batch,
+            epochs: 1,
+        };
+        let mut method = build_method(m, &env)?;
+        // A small constant rate keeps the model stable over many repeated steps on one batch.
+        let schedule = LrSchedule::Constant { lr: 0.01 };
         let mut step_rng = Rng::derive(spec.seed, "bench-step", 0);
         let mut times = Vec::with_capacity(spec.iters);
         for i in 0..spec.warmup + spec.iters {
             let t = Instant::now();
             let mut ctx = StepCtx {
                 opt: &mut opt,
-                // A small rate keeps the model stable over many repeated steps on one batch.
                 lr: 0.01,
                 rng: &mut step_rng,
+                schedule: &schedule,
+                t: (0.0, 0.5),
+                progress: 0.5,
             };
             method.step(&model, &batch, &mut ctx)?;
             dev.synchronize()?;

@@ -18,7 +18,10 @@ pub struct EpochRecord {
     pub lr: f64,
     pub train_loss_adv: f64,
     pub train_acc_adv: f64,
+    /// NaN for methods that never see the clean input during training (see `StepStats::n_clean`).
+    #[serde(deserialize_with = "null_as_nan")]
     pub train_loss_clean: f64,
+    #[serde(deserialize_with = "null_as_nan")]
     pub train_acc_clean: f64,
     pub test_acc_clean: f64,
     pub test_acc_fgsm: f64,
@@ -31,6 +34,102 @@ pub struct EpochRecord {
     pub co_flag: bool,
     pub epoch_seconds: f64,
     pub eval_seconds: f64,
+}
+
+/// JSON has no NaN: serde_json writes it as null, and null reads back as NaN here.
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// One learned step size at the end of one epoch (APART): `step-sizes.parquet` / `.csv`, Figure 3's data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepSizeRow {
+    pub run: String,
+    pub method: String,
+    pub epoch: usize,
+    /// `input` (α1), `init` (α_ω) or `block<i>`.
+    pub layer: String,
+    pub alpha: f64,
+}
+
+const STEP_SIZES: &str = "step-sizes";
+
+/// Writes `step-sizes.parquet` and `step-sizes.csv` into `dir`, each atomically.
+pub fn write_step_sizes(dir: &Path, rows: &[StepSizeRow]) -> Result<()> {
+    let cols = vec![
+        Column::new(
+            "run".into(),
+            rows.iter().map(|r| r.run.clone()).collect::<Vec<String>>(),
+        ),
+        Column::new(
+            "method".into(),
+            rows.iter().map(|r| r.method.clone()).collect::<Vec<String>>(),
+        ),
+        Column::new(
+            "epoch".into(),
+            rows.iter().map(|r| r.epoch as u64).collect::<Vec<u64>>(),
+        ),
+        Column::new(
+            "layer".into(),
+            rows.iter().map(|r| r.layer.clone()).collect::<Vec<String>>(),
+        ),
+        Column::new("alpha".into(), rows.iter().map(|r| r.alpha).collect::<Vec<f64>>()),
+    ];
+    let mut df = DataFrame::new(rows.len(), cols)?;
+    let mut pq: Vec<u8> = Vec::new();
+    ParquetWriter::new(&mut pq).finish(&mut df)?;
+    atomic_write(&dir.join(format!("{STEP_SIZES}.parquet")), &pq)?;
+    let mut csv: Vec<u8> = Vec::new();
+    CsvWriter::new(&mut csv).include_header(true).finish(&mut df)?;
+    atomic_write(&dir.join(format!("{STEP_SIZES}.csv")), &csv)
+}
+
+/// The step-size rows of a run directory (none when the method learns no step sizes).
+pub fn read_step_sizes(dir: &Path) -> Result<Vec<StepSizeRow>> {
+    let path = dir.join(format!("{STEP_SIZES}.parquet"));
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let df = read_parquet(&path)?;
+    let (run, method, layer) = (
+        col_str(&df, "run", &path)?,
+        col_str(&df, "method", &path)?,
+        col_str(&df, "layer", &path)?,
+    );
+    let (epoch, alpha) = (col_u64(&df, "epoch", &path)?, col_f64(&df, "alpha", &path)?);
+    Ok((0..df.height())
+        .map(|i| StepSizeRow {
+            run: run[i].clone(),
+            method: method[i].clone(),
+            epoch: epoch[i] as usize,
+            layer: layer[i].clone(),
+            alpha: alpha[i],
+        })
+        .collect())
+}
+
+pub(crate) fn col_str(df: &DataFrame, name: &str, path: &Path) -> Result<Vec<String>> {
+    let c = df
+        .column(name)
+        .and_then(|c| c.str().cloned())
+        .map_err(|e| CovfError::data(path, format!("column {name}: {e}")))?;
+    Ok(c.iter().map(|v| v.unwrap_or_default().to_string()).collect())
+}
+
+pub(crate) fn col_u64(df: &DataFrame, name: &str, path: &Path) -> Result<Vec<u64>> {
+    let c = df
+        .column(name)
+        .and_then(|c| c.u64().cloned())
+        .map_err(|e| CovfError::data(path, format!("column {name}: {e}")))?;
+    Ok(c.iter().map(|v| v.unwrap_or_default()).collect())
+}
+
+pub(crate) fn col_f64(df: &DataFrame, name: &str, path: &Path) -> Result<Vec<f64>> {
+    let c = df
+        .column(name)
+        .and_then(|c| c.f64().cloned())
+        .map_err(|e| CovfError::data(path, format!("column {name}: {e}")))?;
+    Ok(c.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
 }
 
 pub fn to_frame(records: &[EpochRecord]) -> Result<DataFrame> {

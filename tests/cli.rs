@@ -168,32 +168,19 @@ fn tensors_of(p: &Path) -> Vec<(String, Vec<f32>)> {
     v
 }
 
-#[test]
-fn an_interrupted_run_resumes_to_the_same_weights() {
+/// Trains `base` straight through and, separately, killed after its first epoch and resumed:
+/// the final checkpoints and resume states (momentum, the method's own state) must be identical.
+fn interrupted_run_resumes_identically(base: &[&str], epochs: usize) {
     require_fmnist();
     let dir = tempfile::tempdir().unwrap();
-    let base = [
-        "--method",
-        "pgd",
-        "--steps",
-        "2",
-        "--train-subset",
-        "384",
-        "--test-subset",
-        "50",
-        "--epochs",
-        "3",
-        "--quiet",
-        "--save-every-epoch",
-    ];
     let mut a = vec!["train", "--name", "full"];
-    a.extend_from_slice(&base);
+    a.extend_from_slice(base);
     let o = covf(&a, dir.path());
     assert!(o.status.success(), "{}", text(&o));
 
     // Kill the second run as soon as its first epoch is complete, then resume it.
     let mut b = vec!["train", "--name", "cut"];
-    b.extend_from_slice(&base);
+    b.extend_from_slice(base);
     let mut child = Command::new(env!("CARGO_BIN_EXE_covf"))
         .args(&b)
         .current_dir(dir.path())
@@ -206,23 +193,138 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
+    let last = format!("epoch-{epochs:03}.safetensors");
     assert!(
-        !dir.path().join("checkpoints/cut/epoch-003.safetensors").exists(),
+        !dir.path().join("checkpoints/cut").join(&last).exists(),
         "the run finished before it could be interrupted"
     );
     let mut r = vec!["train", "--name", "cut", "--resume"];
-    r.extend_from_slice(&base);
+    r.extend_from_slice(base);
     let o = covf(&r, dir.path());
     assert!(o.status.success(), "{}", text(&o));
-    let full = tensors_of(&dir.path().join("checkpoints/full/epoch-003.safetensors"));
-    let cut = tensors_of(&dir.path().join("checkpoints/cut/epoch-003.safetensors"));
-    assert_eq!(full.len(), cut.len());
-    for ((na, va), (nb, vb)) in full.iter().zip(&cut) {
-        assert_eq!(na, nb);
-        assert!(va == vb, "{na} differs after resume");
+    for file in [last.as_str(), "train-state.safetensors"] {
+        let full = tensors_of(&dir.path().join("checkpoints/full").join(file));
+        let cut = tensors_of(&dir.path().join("checkpoints/cut").join(file));
+        assert_eq!(full.len(), cut.len());
+        for ((na, va), (nb, vb)) in full.iter().zip(&cut) {
+            assert_eq!(na, nb);
+            assert!(va == vb, "{na} in {file} differs after resume");
+        }
     }
     let df = covf::metrics::read_parquet(&dir.path().join("checkpoints/cut/metrics.parquet")).unwrap();
-    assert_eq!(df.height(), 3);
+    assert_eq!(df.height(), epochs);
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_the_same_weights() {
+    interrupted_run_resumes_identically(
+        &[
+            "--method",
+            "pgd",
+            "--steps",
+            "2",
+            "--train-subset",
+            "384",
+            "--test-subset",
+            "50",
+            "--epochs",
+            "3",
+            "--quiet",
+            "--save-every-epoch",
+        ],
+        3,
+    );
+}
+
+#[test]
+fn an_interrupted_apart_run_resumes_with_its_omega_and_step_sizes() {
+    interrupted_run_resumes_identically(
+        &[
+            "--method",
+            "apart",
+            "--train-subset",
+            "384",
+            "--test-subset",
+            "50",
+            "--epochs",
+            "3",
+            "--quiet",
+            "--save-every-epoch",
+        ],
+        3,
+    );
+}
+
+#[test]
+fn every_training_method_trains_from_the_cli() {
+    require_fmnist();
+    let dir = tempfile::tempdir().unwrap();
+    let small = [
+        "--train-subset",
+        "256",
+        "--test-subset",
+        "50",
+        "--quiet",
+        "--save-every-epoch",
+    ];
+    let runs: &[(&str, &[&str], usize)] = &[
+        // Free-4 with a budget of 8 epochs runs 2 passes.
+        ("free", &["--replays", "4", "--epochs", "8"], 2),
+        ("atta", &["--steps", "2", "--epochs", "2"], 2),
+        ("sfgsm", &["--epochs", "1"], 1),
+        ("apart-simple", &["--epochs", "1"], 1),
+        ("apart", &["--epochs", "2"], 2),
+        ("apart", &["--epochs", "1", "--no-layerwise", "--name", "apart-nl"], 1),
+        ("apart", &["--epochs", "1", "--no-init", "--name", "apart-ni"], 1),
+        ("gradalign", &["--epochs", "1"], 1),
+        ("nfgsm", &["--epochs", "1"], 1),
+    ];
+    for (method, extra, epochs) in runs {
+        let name = extra
+            .iter()
+            .position(|a| *a == "--name")
+            .map_or(method.to_string(), |i| extra[i + 1].to_string());
+        let mut a = vec!["train", "--method", method];
+        if !extra.contains(&"--name") {
+            a.extend_from_slice(&["--name", &name]);
+        }
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&small);
+        let o = covf(&a, dir.path());
+        assert!(o.status.success(), "{method}: {}", text(&o));
+        let run = dir.path().join("checkpoints").join(&name);
+        for e in 1..=*epochs {
+            assert!(
+                run.join(format!("epoch-{e:03}.safetensors")).is_file(),
+                "{name} epoch {e}"
+            );
+        }
+        assert!(
+            !run.join(format!("epoch-{:03}.safetensors", epochs + 1)).exists(),
+            "{name}"
+        );
+        let df = covf::metrics::read_parquet(&run.join("metrics.parquet")).unwrap();
+        assert_eq!(df.height(), *epochs, "{name}");
+        let (_, meta) = covf::checkpoint::load_tensors(&run.join("epoch-001.safetensors"), &Device::Cpu).unwrap();
+        if method.starts_with("apart") {
+            // Step sizes in the checkpoint metadata and in the tidy table, one row per layer and epoch.
+            let steps: Vec<serde_json::Value> = serde_json::from_str(&meta["step_sizes"]).unwrap();
+            let layers: Vec<&str> = steps.iter().map(|s| s["layer"].as_str().unwrap()).collect();
+            let expected: &[&str] = match name.as_str() {
+                "apart" => &["input", "init", "block1", "block2", "block3"],
+                "apart-nl" | "apart-simple" => &["input", "init"],
+                _ => &["input", "block1", "block2", "block3"],
+            };
+            assert_eq!(layers, expected, "{name}");
+            let rows = covf::metrics::read_step_sizes(&run).unwrap();
+            assert_eq!(rows.len(), expected.len() * epochs, "{name}");
+            assert!(rows.iter().all(|r| r.alpha.is_finite() && r.alpha >= 0.0), "{name}");
+        } else {
+            assert!(!meta.contains_key("step_sizes"), "{name}");
+        }
+    }
+    let o = covf(&["train", "--method", "free", "--replays", "0", "--quiet"], dir.path());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
 
 fn write_gz(path: &PathBuf, bytes: &[u8]) {

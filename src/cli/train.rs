@@ -9,7 +9,7 @@ use covf::data::{Augment, DatasetKind};
 use covf::device::parse_device;
 use covf::models::Arch;
 use covf::optim::LrSchedule;
-use covf::train::{fit, EpochEvalSpec, Eps, FitOptions, MethodSpec, TrainSpec};
+use covf::train::{fit, ApartConfig, EpochEvalSpec, Eps, FitOptions, MethodSpec, TrainSpec};
 use covf::CovfError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -19,6 +19,21 @@ pub enum MethodArg {
     Fgsm,
     FgsmRs,
     Pgd,
+    /// Free-m (Shafahi et al. 2019): minibatch replays; epochs divided by m.
+    Free,
+    /// ATTA-K (Zheng et al. 2020): per-example perturbations accumulated across epochs.
+    Atta,
+    /// S+FGSM (Kim et al. 2021): FGSM-RS stopped at the first misclassified checkpoint.
+    Sfgsm,
+    /// APART-Simple (Eq. 3): FGSM with learned initialisation and step size.
+    ApartSimple,
+    /// APART (Algorithm 1): learned init, layer-wise perturbations, learned step sizes.
+    Apart,
+    /// FGSM + GradAlign (Andriushchenko & Flammarion 2020), finite-difference alignment gradient.
+    #[value(name = "gradalign")]
+    GradAlign,
+    /// N-FGSM (de Jorge et al. 2022): noise 2ε, step ε, no projection.
+    Nfgsm,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -34,6 +49,32 @@ pub mod fmnist_defaults {
     pub const EPS: &str = "0.15";
     pub const EPOCHS: usize = 4;
     pub const LR_MAX: f64 = 0.3;
+    /// APART's step-size rate and L2 penalty at this scale (docs/methods.md).
+    pub const APART_ALPHA_LR: f64 = 1e-6;
+    pub const APART_L2: f64 = 30.0;
+}
+
+/// APART's generator settings: the paper's and its code's on CIFAR; on the small grey-scale sets the
+/// step sizes start at ε/2 and learn faster, because the default runs are a few epochs long (the
+/// tuning is in docs/methods.md).
+fn apart_config(a: &TrainArgs, dataset: DatasetKind, eps: &Eps) -> ApartConfig {
+    let small = small_images(dataset);
+    let alpha_init = a.apart_alpha_init.unwrap_or(if small { eps.value / 2.0 } else { 1e-4 });
+    ApartConfig {
+        layerwise: !a.no_layerwise,
+        learned_init: !a.no_init,
+        alpha_init,
+        init_scale: a.apart_init_scale.unwrap_or(alpha_init),
+        block_alpha_init: 0.0,
+        alpha_lr: a
+            .apart_alpha_lr
+            .unwrap_or(if small { fmnist_defaults::APART_ALPHA_LR } else { 5e-8 }),
+        alpha_l2: a
+            .apart_l2
+            .unwrap_or(if small { fmnist_defaults::APART_L2 } else { 200.0 }),
+        alpha_momentum: 0.9,
+        omega_std: 0.001,
+    }
 }
 
 /// Defaults elsewhere: MNIST at its usual ε = 0.3; CIFAR as fast_adversarial (ε = 8/255, cyclic 0.2).
@@ -52,13 +93,49 @@ pub struct TrainArgs {
     /// Training method.
     #[arg(long, value_enum, default_value = "fgsm")]
     pub method: MethodArg,
-    /// PGD steps (method pgd).
+    /// Attack steps (methods pgd and atta).
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
+    /// Free: replays m of each minibatch; the epoch budget is divided by m (rounded up) for equal cost.
+    #[arg(long, default_value_t = 8)]
+    pub replays: usize,
+    /// ATTA: reset the stored perturbations every N epochs (0 = never).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub atta_reset: usize,
+    /// S+FGSM: checkpoints c along the FGSM-RS step (c − 1 are checked).
+    #[arg(long, default_value_t = 3, value_name = "C")]
+    pub sfgsm_checkpoints: usize,
+    /// APART ablation: no layer-wise perturbations at the residual blocks.
+    #[arg(long)]
+    pub no_layerwise: bool,
+    /// APART ablation: no learned per-example initialisation (δ starts at 0).
+    #[arg(long)]
+    pub no_init: bool,
+    /// APART: initial input step α1 [default: 1e-4 as the APART code on CIFAR, ε/2 on fmnist/mnist].
+    #[arg(long, value_name = "A")]
+    pub apart_alpha_init: Option<f32>,
+    /// APART: initial scale α_ω of the learned initialisation [default: as --apart-alpha-init].
+    #[arg(long, value_name = "A")]
+    pub apart_init_scale: Option<f32>,
+    /// APART: peak of the cyclic step-size rate μα [default: 5e-8 on CIFAR (paper), see docs/methods.md for fmnist].
+    #[arg(long, value_name = "MU")]
+    pub apart_alpha_lr: Option<f64>,
+    /// APART: L2 penalty λ on the step sizes [default: 200 on CIFAR (paper), see docs/methods.md for fmnist].
+    #[arg(long, value_name = "LAMBDA")]
+    pub apart_l2: Option<f64>,
+    /// GradAlign: weight λ of the gradient-alignment term.
+    #[arg(long, default_value_t = 0.2, value_name = "LAMBDA")]
+    pub gradalign_lambda: f32,
+    /// GradAlign: radius of the finite-difference approximation of the alignment gradient.
+    #[arg(long, default_value_t = 0.01, value_name = "R")]
+    pub fd_radius: f32,
+    /// N-FGSM: noise magnitude k (δ0 ~ U(−kε, kε)).
+    #[arg(long, default_value_t = 2.0, value_name = "K")]
+    pub nfgsm_noise: f32,
     /// PGD restarts per batch (method pgd).
     #[arg(long, default_value_t = 1)]
     pub restarts: usize,
-    /// Input step size α in pixel units [default: fgsm ε, fgsm-rs 1.25ε, pgd ε/4 (2/255 at 8/255)].
+    /// Input step size α in pixel units [default: fgsm ε, fgsm-rs and sfgsm 1.25ε, pgd and atta ε/4 (2/255 at 8/255), nfgsm ε].
     #[arg(long, value_name = "A")]
     pub alpha: Option<String>,
     /// Perturbation budget ε (L∞, pixel units), e.g. 8/255 or 0.3 [default: 0.15 on fmnist, 0.3 on mnist, 8/255 on CIFAR].
@@ -157,6 +234,12 @@ pub fn to_spec(a: &TrainArgs) -> covf::Result<TrainSpec> {
         ),
         None => None,
     };
+    let requested_epochs = a.epochs.unwrap_or(match dataset {
+        DatasetKind::FashionMnist => fmnist_defaults::EPOCHS,
+        DatasetKind::Mnist => MNIST_EPOCHS,
+        _ => CIFAR_EPOCHS,
+    });
+    let pgd_alpha = alpha.unwrap_or(eps.scaled(2.0 / 255.0));
     let method = match a.method {
         MethodArg::Clean => MethodSpec::Clean,
         MethodArg::Fgsm => MethodSpec::Fgsm {
@@ -167,15 +250,41 @@ pub fn to_spec(a: &TrainArgs) -> covf::Result<TrainSpec> {
         },
         MethodArg::Pgd => MethodSpec::Pgd {
             steps: a.steps,
-            alpha: alpha.unwrap_or(eps.scaled(2.0 / 255.0)),
+            alpha: pgd_alpha,
             restarts: a.restarts,
         },
+        MethodArg::Free => MethodSpec::Free { replays: a.replays },
+        MethodArg::Atta => MethodSpec::Atta {
+            steps: a.steps,
+            alpha: pgd_alpha,
+            reset: a.atta_reset,
+        },
+        MethodArg::Sfgsm => MethodSpec::Sfgsm {
+            alpha: alpha.unwrap_or(1.25 * eps.value),
+            checkpoints: a.sfgsm_checkpoints,
+        },
+        MethodArg::Apart | MethodArg::ApartSimple => {
+            let cfg = apart_config(a, dataset, &eps);
+            if a.method == MethodArg::Apart {
+                MethodSpec::Apart(cfg)
+            } else {
+                MethodSpec::ApartSimple(cfg)
+            }
+        }
+        MethodArg::GradAlign => MethodSpec::GradAlign {
+            lambda: a.gradalign_lambda,
+            fd_radius: a.fd_radius,
+        },
+        MethodArg::Nfgsm => MethodSpec::Nfgsm {
+            alpha: alpha.unwrap_or(eps.value),
+            noise: a.nfgsm_noise,
+        },
     };
-    let epochs = a.epochs.unwrap_or(match dataset {
-        DatasetKind::FashionMnist => fmnist_defaults::EPOCHS,
-        DatasetKind::Mnist => MNIST_EPOCHS,
-        _ => CIFAR_EPOCHS,
-    });
+    // Free replays every minibatch m times: m times fewer passes cost the same as the other methods' epochs.
+    let epochs = match method {
+        MethodSpec::Free { replays } if replays > 0 => requested_epochs.div_ceil(replays),
+        _ => requested_epochs,
+    };
     let lr_max = a.lr_max.unwrap_or(if dataset == DatasetKind::FashionMnist {
         fmnist_defaults::LR_MAX
     } else {

@@ -8,6 +8,7 @@ use polars::prelude::*;
 
 use crate::checkpoint::atomic_write;
 use crate::error::{CovfError, Result};
+use crate::metrics::{col_f64, col_str, col_u64};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalRow {
@@ -91,30 +92,6 @@ fn read_frame(path: &Path) -> Result<Option<DataFrame>> {
         .finish()
         .map(Some)
         .map_err(|e| CovfError::data(path, format!("unreadable results table: {e}")))
-}
-
-fn col_str(df: &DataFrame, name: &str, path: &Path) -> Result<Vec<String>> {
-    let c = df
-        .column(name)
-        .and_then(|c| c.str().cloned())
-        .map_err(|e| CovfError::data(path, format!("column {name}: {e}")))?;
-    Ok(c.iter().map(|v| v.unwrap_or_default().to_string()).collect())
-}
-
-fn col_u64(df: &DataFrame, name: &str, path: &Path) -> Result<Vec<u64>> {
-    let c = df
-        .column(name)
-        .and_then(|c| c.u64().cloned())
-        .map_err(|e| CovfError::data(path, format!("column {name}: {e}")))?;
-    Ok(c.iter().map(|v| v.unwrap_or_default()).collect())
-}
-
-fn col_f64(df: &DataFrame, name: &str, path: &Path) -> Result<Vec<f64>> {
-    let c = df
-        .column(name)
-        .and_then(|c| c.f64().cloned())
-        .map_err(|e| CovfError::data(path, format!("column {name}: {e}")))?;
-    Ok(c.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
 }
 
 /// The stored results of a run (`dir` = `<run>/eval`); empty when there are none yet.

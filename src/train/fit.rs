@@ -4,14 +4,14 @@
 //! attack starts, evaluation. Together with the saved momentum buffers this makes a resumed run end
 //! with exactly the weights of an uninterrupted one on CPU.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{build_method, StepCtx, StepStats, TrainSpec};
+use super::{build_method, MethodEnv, StepCtx, StepStats, TrainMethod, TrainSpec};
 use crate::attacks::{correct, Attack, AttackCtx, Fgsm, Pgd};
 use crate::checkpoint::{self, Checkpoint, RunDir};
 use crate::data::{self, Batch, Dataset};
@@ -75,8 +75,17 @@ struct Resume {
     records: Vec<EpochRecord>,
 }
 
-/// Restores weights, momentum and metric rows from the last complete epoch of `run`.
-fn restore(run: &RunDir, store: &models::ParamStore, opt: &mut Sgd, dev: &Device) -> Result<Option<Resume>> {
+/// Prefix of the method's own state in the resume file (the rest is optimizer momentum).
+const METHOD_PREFIX: &str = "method/";
+
+/// Restores weights, momentum, the method's state and metric rows from the last complete epoch of `run`.
+fn restore(
+    run: &RunDir,
+    store: &models::ParamStore,
+    opt: &mut Sgd,
+    method: &mut dyn TrainMethod,
+    dev: &Device,
+) -> Result<Option<Resume>> {
     let sp = run.state_path();
     if !sp.is_file() {
         return Ok(None);
@@ -90,6 +99,12 @@ fn restore(run: &RunDir, store: &models::ParamStore, opt: &mut Sgd, dev: &Device
         .map_err(|e| CovfError::checkpoint(&sp, format!("bad metrics: {e}")))?;
     let ck = Checkpoint::load(&run.epoch_path(epoch), dev)?;
     store.load(&ck.tensors, &run.epoch_path(epoch))?;
+    let (own, bufs): (HashMap<_, _>, HashMap<_, _>) = bufs.into_iter().partition(|(k, _)| k.starts_with(METHOD_PREFIX));
+    let own: HashMap<String, Tensor> = own
+        .into_iter()
+        .map(|(k, v)| (k[METHOD_PREFIX.len()..].to_string(), v))
+        .collect();
+    method.load_state(&own)?;
     opt.load_state(bufs)?;
     Ok(Some(Resume {
         epoch,
@@ -148,10 +163,22 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
     let arch = ArchSpec::new(spec.arch, spec.dataset);
     let (model, store) = models::build(&arch, dev, spec.seed)?;
     let mut opt = Sgd::new(store.trainable(), spec.momentum, spec.weight_decay);
-    let mut method = build_method(&spec.method, spec.eps.value);
+    let mut method = build_method(
+        &spec.method,
+        &MethodEnv {
+            eps: spec.eps.value,
+            n_train: train.len(),
+            shape: spec.dataset.shape(),
+            pad: spec.augment.pad,
+            seed: spec.seed,
+            device: dev.clone(),
+            batch_size: spec.batch_size,
+            epochs: spec.epochs,
+        },
+    )?;
 
     let resumed = if opts.resume && run.exists() {
-        restore(&run, &store, &mut opt, dev)?
+        restore(&run, &store, &mut opt, method.as_mut(), dev)?
     } else {
         None
     };
@@ -183,10 +210,12 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
     let mut pgd = Pgd::new(spec.eps.value, spec.eval.pgd_steps);
     pgd.alpha = spec.eval.pgd_alpha;
     let aug = spec.augment;
+    let mut step_rows = metrics::read_step_sizes(&run.path)?;
 
     for epoch in start..spec.epochs {
         let e1 = epoch + 1;
         let t0 = Instant::now();
+        method.begin_epoch(epoch)?;
         let batches = data::epoch_batches(train.len(), spec.batch_size, spec.seed, epoch, true);
         let nb = batches.len();
         let mut aug_rng = Rng::derive(spec.seed, "augment", epoch as u64);
@@ -197,7 +226,11 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
         let mut lr = 0.0;
         for (i, pos) in batches.iter().enumerate() {
             let batch = train.batch(pos, Some((&aug, &mut aug_rng)), dev)?;
-            lr = spec.schedule.lr_at(epoch as f64 + (i + 1) as f64 / nb as f64);
+            let t = (
+                epoch as f64 + i as f64 / nb as f64,
+                epoch as f64 + (i + 1) as f64 / nb as f64,
+            );
+            lr = spec.schedule.lr_at(t.1);
             let s = method.step(
                 &model,
                 &batch,
@@ -205,6 +238,9 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
                     opt: &mut opt,
                     lr,
                     rng: &mut step_rng,
+                    schedule: &spec.schedule,
+                    t,
+                    progress: t.1 / spec.epochs as f64,
                 },
             )?;
             if !s.loss_adv_sum.is_finite() {
@@ -253,8 +289,9 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
             lr,
             train_loss_adv: totals.loss_adv_sum / n,
             train_acc_adv: totals.correct_adv as f64 / n,
-            train_loss_clean: totals.loss_clean_sum / n,
-            train_acc_clean: totals.correct_clean as f64 / n,
+            // NaN when the method never looked at clean inputs (see StepStats::n_clean).
+            train_loss_clean: totals.loss_clean_sum / totals.n_clean as f64,
+            train_acc_clean: totals.correct_clean as f64 / totals.n_clean as f64,
             test_acc_clean: clean.acc,
             test_acc_fgsm: fg.acc,
             test_acc_pgd: pg.acc,
@@ -269,10 +306,29 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
         records.push(rec.clone());
 
         // Order matters for crash safety: the epoch checkpoint, then the resume state that points at it.
-        let meta = checkpoint::epoch_metadata(spec, e1, method.alpha());
+        let steps = method.step_sizes();
+        let mut meta = checkpoint::epoch_metadata(spec, e1, method.alpha());
+        if !steps.is_empty() {
+            meta.insert("step_sizes".into(), serde_json::to_string(&steps)?);
+        }
         checkpoint::save_tensors(&run.epoch_path(e1), &store.snapshot(), &meta)?;
-        checkpoint::save_tensors(&run.state_path(), opt.state(), &state_meta(e1, &records)?)?;
+        let mut state = opt.state().clone();
+        for (k, v) in method.state()? {
+            state.insert(format!("{METHOD_PREFIX}{k}"), v);
+        }
+        checkpoint::save_tensors(&run.state_path(), &state, &state_meta(e1, &records)?)?;
         metrics::write(&run.path, &records)?;
+        if !steps.is_empty() {
+            step_rows.retain(|r: &metrics::StepSizeRow| r.epoch < e1);
+            step_rows.extend(steps.iter().map(|s| metrics::StepSizeRow {
+                run: spec.name.clone(),
+                method: spec.method.label(),
+                epoch: e1,
+                layer: s.layer.clone(),
+                alpha: s.value,
+            }));
+            metrics::write_step_sizes(&run.path, &step_rows)?;
+        }
         if !spec.save_every_epoch && epoch > 0 {
             let prev = run.epoch_path(epoch);
             if prev.is_file() {

@@ -1,40 +1,87 @@
 //! Adversarial training: the `TrainMethod` trait, one file per method, and the one generic fit loop.
 
+pub mod apart;
+pub mod apart_simple;
+pub mod atta;
 pub mod clean;
 pub mod fgsm;
 pub mod fgsm_rs;
 pub mod fit;
+pub mod free;
+pub mod gradalign;
+pub mod nfgsm;
+pub mod per_example;
 pub mod pgd;
+pub mod sfgsm;
 pub mod spec;
 
+use std::collections::{BTreeMap, HashMap};
+
 use candle_core::backprop::GradStore;
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 
 pub use fit::{fit, FitOptions, FitSummary};
-pub use spec::{EpochEvalSpec, Eps, MethodSpec, TrainSpec};
+pub use spec::{ApartConfig, EpochEvalSpec, Eps, MethodSpec, TrainSpec};
 
 use crate::attacks::{correct, per_sample_ce, Attack, AttackCtx};
 use crate::data::Batch;
 use crate::error::Result;
 use crate::models::{Classifier, Mode, PreActResNet};
-use crate::optim::Sgd;
+use crate::optim::{LrSchedule, Sgd};
 use crate::rng::Rng;
 
 /// What a method may use in one step; the fit loop owns the schedule and hands over the current rate.
 pub struct StepCtx<'a> {
     pub opt: &'a mut Sgd,
+    /// The rate at the end of this step's stretch of the schedule (what a one-update method uses).
     pub lr: f64,
     pub rng: &'a mut Rng,
+    pub schedule: &'a LrSchedule,
+    /// The stretch of the schedule this step covers, in fractional epochs: [t.0, t.1]. Methods that
+    /// update several times per minibatch (Free) spread their updates over it.
+    pub t: (f64, f64),
+    /// Fraction of the whole run done at the end of this step, in [0, 1] (perturbation-parameter schedules).
+    pub progress: f64,
 }
 
 impl StepCtx<'_> {
     /// Backpropagates `loss` and takes one optimizer step; the gradients are returned for methods
     /// that also update their own state (perturbation parameters).
     pub fn update(&mut self, loss: &Tensor) -> Result<GradStore> {
+        let lr = self.lr;
+        self.update_at(loss, lr)
+    }
+
+    /// As `update`, at an explicit learning rate.
+    pub fn update_at(&mut self, loss: &Tensor, lr: f64) -> Result<GradStore> {
         let grads = loss.backward()?;
-        self.opt.step(&grads, self.lr)?;
+        self.opt.step(&grads, lr)?;
         Ok(grads)
     }
+}
+
+/// What methods with per-example or learned state need to know about the run when they are built.
+#[derive(Debug, Clone)]
+pub struct MethodEnv {
+    pub eps: f32,
+    /// Training-set size (per-example state is indexed by dataset position).
+    pub n_train: usize,
+    /// (C, H, W) of one input.
+    pub shape: (usize, usize, usize),
+    /// Zero padding of the random crop: per-example state lives in the padded image space.
+    pub pad: usize,
+    pub seed: u64,
+    pub device: Device,
+    pub batch_size: usize,
+    pub epochs: usize,
+}
+
+/// One learned step size, as recorded in checkpoint metadata and `step-sizes.csv`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StepSize {
+    /// `input` (α1), `init` (α_ω) or `block<i>` (αi of residual block i, 1-based).
+    pub layer: String,
+    pub value: f64,
 }
 
 /// Sums over one step's examples; the fit loop aggregates them into epoch metrics.
@@ -43,6 +90,9 @@ pub struct StepStats {
     pub n: usize,
     pub loss_adv_sum: f64,
     pub correct_adv: usize,
+    /// Examples whose clean logits the step saw for free (methods that start from δ = 0); methods
+    /// that never look at the clean input report 0 rather than pay an extra forward pass.
+    pub n_clean: usize,
     pub loss_clean_sum: f64,
     pub correct_clean: usize,
 }
@@ -50,6 +100,7 @@ pub struct StepStats {
 impl StepStats {
     pub fn add(&mut self, o: &StepStats) {
         self.n += o.n;
+        self.n_clean += o.n_clean;
         self.loss_adv_sum += o.loss_adv_sum;
         self.correct_adv += o.correct_adv;
         self.loss_clean_sum += o.loss_clean_sum;
@@ -58,11 +109,20 @@ impl StepStats {
 
     pub fn from_logits(clean: &Tensor, adv: &Tensor, y: &Tensor) -> Result<StepStats> {
         Ok(StepStats {
+            n_clean: y.dim(0)?,
+            loss_clean_sum: f64::from(per_sample_ce(clean, y)?.sum_all()?.to_scalar::<f32>()?),
+            correct_clean: correct(clean, y)?,
+            ..StepStats::adv_only(adv, y)?
+        })
+    }
+
+    /// Statistics of the training inputs only (no clean logits).
+    pub fn adv_only(adv: &Tensor, y: &Tensor) -> Result<StepStats> {
+        Ok(StepStats {
             n: y.dim(0)?,
             loss_adv_sum: f64::from(per_sample_ce(adv, y)?.sum_all()?.to_scalar::<f32>()?),
             correct_adv: correct(adv, y)?,
-            loss_clean_sum: f64::from(per_sample_ce(clean, y)?.sum_all()?.to_scalar::<f32>()?),
-            correct_clean: correct(clean, y)?,
+            ..StepStats::default()
         })
     }
 }
@@ -73,6 +133,27 @@ pub trait TrainMethod {
     /// The input step size α (pixel units), recorded in checkpoint metadata.
     fn alpha(&self) -> f32;
     fn step(&mut self, model: &PreActResNet, batch: &Batch, ctx: &mut StepCtx) -> Result<StepStats>;
+
+    /// Called before each epoch's first step (0-based epoch), e.g. for periodic resets.
+    fn begin_epoch(&mut self, _epoch: usize) -> Result<()> {
+        Ok(())
+    }
+
+    /// State that must survive a resume (learned initialisations, carried perturbations, step sizes
+    /// and their momentum), saved with the run's resume state after every epoch.
+    fn state(&self) -> Result<BTreeMap<String, Tensor>> {
+        Ok(BTreeMap::new())
+    }
+
+    /// Restores what `state` saved; keys are the ones `state` wrote.
+    fn load_state(&mut self, _state: &HashMap<String, Tensor>) -> Result<()> {
+        Ok(())
+    }
+
+    /// Learned step sizes, if the method has any (APART).
+    fn step_sizes(&self) -> Vec<StepSize> {
+        Vec::new()
+    }
 }
 
 /// The step shared by methods that train on one generated perturbation per batch (fast_adversarial's
@@ -93,22 +174,259 @@ pub fn perturb_then_descend(
             rng: ctx.rng,
         },
     )?;
-    let clean = match p.clean_logits {
-        Some(l) => l,
-        None => frozen.logits(&batch.x, Mode::ATTACK)?,
-    };
     let logits = model.logits(&(&batch.x + &p.delta)?, Mode::TRAIN)?;
     let loss = candle_nn::loss::cross_entropy(&logits, &batch.y)?;
     ctx.update(&loss)?;
-    StepStats::from_logits(&clean.detach(), &logits.detach(), &batch.y)
+    match p.clean_logits {
+        Some(clean) => StepStats::from_logits(&clean.detach(), &logits.detach(), &batch.y),
+        None => StepStats::adv_only(&logits.detach(), &batch.y),
+    }
 }
 
 /// The method named by a spec.
-pub fn build_method(spec: &MethodSpec, eps: f32) -> Box<dyn TrainMethod> {
-    match *spec {
+pub fn build_method(spec: &MethodSpec, env: &MethodEnv) -> Result<Box<dyn TrainMethod>> {
+    let eps = env.eps;
+    Ok(match spec {
         MethodSpec::Clean => Box::new(clean::CleanTraining),
-        MethodSpec::Fgsm { alpha } => Box::new(fgsm::FgsmTraining::new(eps, alpha)),
-        MethodSpec::FgsmRs { alpha } => Box::new(fgsm_rs::FgsmRsTraining::new(eps, alpha)),
-        MethodSpec::Pgd { steps, alpha, restarts } => Box::new(pgd::PgdTraining::new(eps, alpha, steps, restarts)),
+        MethodSpec::Fgsm { alpha } => Box::new(fgsm::FgsmTraining::new(eps, *alpha)),
+        MethodSpec::FgsmRs { alpha } => Box::new(fgsm_rs::FgsmRsTraining::new(eps, *alpha)),
+        MethodSpec::Pgd { steps, alpha, restarts } => Box::new(pgd::PgdTraining::new(eps, *alpha, *steps, *restarts)),
+        MethodSpec::Free { replays } => Box::new(free::FreeTraining::new(eps, *replays)),
+        MethodSpec::Atta { steps, alpha, reset } => Box::new(atta::AttaTraining::new(env, *steps, *alpha, *reset)?),
+        MethodSpec::Sfgsm { alpha, checkpoints } => Box::new(sfgsm::SfgsmTraining::new(eps, *alpha, *checkpoints)),
+        MethodSpec::Apart(cfg) => Box::new(apart::ApartTraining::new(env, cfg.clone())?),
+        MethodSpec::ApartSimple(cfg) => Box::new(apart_simple::ApartSimpleTraining::new(env, cfg.clone())?),
+        MethodSpec::GradAlign { lambda, fd_radius } => {
+            Box::new(gradalign::GradAlignTraining::new(eps, *lambda, *fd_radius))
+        }
+        MethodSpec::Nfgsm { alpha, noise } => Box::new(nfgsm::NfgsmTraining::new(eps, *alpha, *noise)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{AugParams, DatasetKind};
+    use crate::models::{self, ArchSpec};
+    use candle_core::DType;
+
+    fn apart_cfg(layerwise: bool, learned_init: bool) -> ApartConfig {
+        ApartConfig {
+            layerwise,
+            learned_init,
+            alpha_init: 0.05,
+            init_scale: 0.05,
+            block_alpha_init: 0.01,
+            alpha_lr: 1e-4,
+            alpha_l2: 1.0,
+            alpha_momentum: 0.9,
+            omega_std: 0.001,
+        }
+    }
+
+    fn all_methods() -> Vec<MethodSpec> {
+        vec![
+            MethodSpec::Clean,
+            MethodSpec::Fgsm { alpha: 0.1 },
+            MethodSpec::FgsmRs { alpha: 0.125 },
+            MethodSpec::Pgd {
+                steps: 3,
+                alpha: 0.04,
+                restarts: 1,
+            },
+            MethodSpec::Free { replays: 3 },
+            MethodSpec::Atta {
+                steps: 2,
+                alpha: 0.04,
+                reset: 10,
+            },
+            MethodSpec::Sfgsm {
+                alpha: 0.125,
+                checkpoints: 3,
+            },
+            MethodSpec::Apart(apart_cfg(true, true)),
+            MethodSpec::Apart(apart_cfg(false, true)),
+            MethodSpec::Apart(apart_cfg(true, false)),
+            MethodSpec::ApartSimple(apart_cfg(true, true)),
+            MethodSpec::GradAlign {
+                lambda: 0.5,
+                fd_radius: 0.01,
+            },
+            MethodSpec::Nfgsm { alpha: 0.1, noise: 2.0 },
+        ]
+    }
+
+    struct Setup {
+        model: PreActResNet,
+        store: models::ParamStore,
+        batch: Batch,
+        env: MethodEnv,
+    }
+
+    fn setup(n: usize) -> Setup {
+        let dev = Device::Cpu;
+        let spec = ArchSpec::new(models::Arch::PreActTiny, DatasetKind::FashionMnist);
+        let (model, store) = models::build(&spec, &dev, 0).unwrap();
+        let mut rng = Rng::new(11);
+        let x = rng.uniform_tensor(&[n, 1, 28, 28], 0.0, 1.0, &dev).unwrap();
+        let y = Tensor::from_vec((0..n as u32).map(|i| i % 10).collect::<Vec<_>>(), n, &dev).unwrap();
+        let batch = Batch {
+            x,
+            y,
+            positions: (0..n).collect(),
+            aug: vec![AugParams::default(); n],
+        };
+        let env = MethodEnv {
+            eps: 0.1,
+            n_train: n,
+            shape: (1, 28, 28),
+            pad: 0,
+            seed: 0,
+            device: dev,
+            batch_size: n,
+            epochs: 1,
+        };
+        Setup {
+            model,
+            store,
+            batch,
+            env,
+        }
+    }
+
+    fn clean_loss(s: &Setup) -> f32 {
+        let l = s.model.logits(&s.batch.x, Mode::ATTACK).unwrap();
+        candle_nn::loss::cross_entropy(&l, &s.batch.y)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    fn steps(s: &Setup, method: &mut dyn TrainMethod, opt: &mut Sgd, k: usize) -> Vec<StepStats> {
+        let schedule = LrSchedule::Constant { lr: 0.05 };
+        let mut rng = Rng::new(3);
+        (0..k)
+            .map(|i| {
+                method
+                    .step(
+                        &s.model,
+                        &s.batch,
+                        &mut StepCtx {
+                            opt,
+                            lr: 0.05,
+                            rng: &mut rng,
+                            schedule: &schedule,
+                            t: (i as f64 * 0.1, (i + 1) as f64 * 0.1),
+                            progress: 0.5,
+                        },
+                    )
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_method_lowers_the_loss_on_its_batch() {
+        for spec in all_methods() {
+            let s = setup(32);
+            let mut opt = Sgd::new(s.store.trainable(), 0.9, 0.0);
+            let mut m = build_method(&spec, &s.env).unwrap();
+            let before = clean_loss(&s);
+            let stats = steps(&s, m.as_mut(), &mut opt, 4);
+            let after = clean_loss(&s);
+            assert!(
+                after < before - 0.05,
+                "{}: clean loss {before} -> {after}",
+                spec.label()
+            );
+            let first = stats[0];
+            assert_eq!(first.n, 32, "{}", spec.label());
+            assert!(
+                first.loss_adv_sum.is_finite() && first.loss_adv_sum > 0.0,
+                "{}",
+                spec.label()
+            );
+            assert!(first.n_clean == 0 || first.n_clean == 32, "{}", spec.label());
+        }
+    }
+
+    #[test]
+    fn free_takes_one_update_per_replay() {
+        // Every replay is one TRAIN-mode forward, which bumps the batch-norm counters by one.
+        let s = setup(16);
+        let counter = || {
+            let c = s.store.get("layer1.0.bn1.num_batches_tracked").unwrap();
+            c.as_tensor().to_scalar::<i64>().unwrap()
+        };
+        let mut opt = Sgd::new(s.store.trainable(), 0.9, 0.0);
+        let mut m = free::FreeTraining::new(0.1, 5);
+        let w0 = s.store.get("conv1.weight").unwrap().as_tensor().copy().unwrap();
+        steps(&s, &mut m, &mut opt, 2);
+        assert_eq!(counter(), 10);
+        let w1 = s.store.get("conv1.weight").unwrap().as_tensor().copy().unwrap();
+        let moved = w1.ne(&w0).unwrap().to_dtype(DType::F32).unwrap().sum_all().unwrap();
+        assert!(moved.to_scalar::<f32>().unwrap() > 0.0);
+        // δ is carried: within ε and kept between minibatches (and saved for a resume).
+        let st = m.state().unwrap();
+        let d = &st["free.delta"];
+        assert_eq!(d.dims(), &[16, 1, 28, 28]);
+        let dmax = d.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(dmax > 0.0 && dmax <= 0.1 + 1e-6, "{dmax}");
+    }
+
+    #[test]
+    fn apart_keeps_omega_in_the_box_moves_its_step_sizes_and_resumes() {
+        let s = setup(16);
+        let mut opt = Sgd::new(s.store.trainable(), 0.9, 0.0);
+        let mut m = apart::ApartTraining::new(&s.env, apart_cfg(true, true)).unwrap();
+        let a0 = m.alphas().to_vec();
+        steps(&s, &mut m, &mut opt, 3);
+        let a1 = m.alphas().to_vec();
+        assert_eq!(a1.len(), 2 + 3, "input, init and three blocks");
+        assert!(a0.iter().zip(&a1).any(|(a, b)| a != b), "{a0:?} -> {a1:?}");
+        assert!(a1.iter().all(|a| a.is_finite() && *a >= 0.0), "{a1:?}");
+        let st = m.state().unwrap();
+        let omega: Vec<f32> = st["apart.omega"].flatten_all().unwrap().to_vec1().unwrap();
+        assert!(omega.iter().all(|v| (-1.0..=1.0).contains(v)));
+        // ω moved off its tiny random start by whole sign steps of α1/α_ω ≈ 1.
+        assert!(omega.iter().filter(|v| v.abs() > 0.5).count() > omega.len() / 2);
+        let layers: Vec<String> = m.step_sizes().into_iter().map(|s| s.layer).collect();
+        assert_eq!(layers, ["input", "init", "block1", "block2", "block3"]);
+        let mut fresh = apart::ApartTraining::new(&s.env, apart_cfg(true, true)).unwrap();
+        fresh.load_state(&st.into_iter().collect()).unwrap();
+        assert_eq!(fresh.alphas(), m.alphas());
+        assert_eq!(
+            fresh.state().unwrap()["apart.omega"]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            omega
+        );
+    }
+
+    #[test]
+    fn atta_continues_and_resets_its_stored_perturbations() {
+        let s = setup(8);
+        let mut opt = Sgd::new(s.store.trainable(), 0.9, 0.0);
+        let mut m = atta::AttaTraining::new(&s.env, 1, 0.03, 2).unwrap();
+        let stored = |m: &atta::AttaTraining| -> f32 {
+            m.state().unwrap()["atta.delta"]
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        assert!(stored(&m) < 0.01);
+        steps(&s, &mut m, &mut opt, 2);
+        // Two visits of one step of 0.03 each accumulate past a single step.
+        let after = stored(&m);
+        assert!(after > 0.05 && after <= 0.1 + 1e-6, "{after}");
+        m.begin_epoch(1).unwrap();
+        assert!((stored(&m) - after).abs() < 1e-9, "no reset at epoch 1");
+        m.begin_epoch(2).unwrap();
+        assert!(stored(&m) < 0.01, "reset every 2 epochs");
     }
 }

@@ -69,6 +69,57 @@ pub enum MethodSpec {
         alpha: f32,
         restarts: usize,
     },
+    /// Free adversarial training: each minibatch replayed `replays` times (step ε); the run's epochs
+    /// are passes over the data, already divided by `replays`.
+    Free {
+        replays: usize,
+    },
+    /// ATTA-K: per-example perturbations carried across epochs, `steps` PGD steps each epoch, reset
+    /// every `reset` epochs (0 = never).
+    Atta {
+        steps: usize,
+        alpha: f32,
+        reset: usize,
+    },
+    /// S+FGSM: the FGSM-RS step checked at `checkpoints` − 1 intermediate points.
+    Sfgsm {
+        alpha: f32,
+        checkpoints: usize,
+    },
+    Apart(ApartConfig),
+    ApartSimple(ApartConfig),
+    /// FGSM + GradAlign, the alignment gradient by finite differences of radius `fd_radius`.
+    GradAlign {
+        lambda: f32,
+        fd_radius: f32,
+    },
+    /// N-FGSM: noise U(−noise·ε, noise·ε), one step α, no projection to the ε-ball.
+    Nfgsm {
+        alpha: f32,
+        noise: f32,
+    },
+}
+
+/// APART's generator settings (Algorithm 1; defaults and their sources in cli/train.rs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApartConfig {
+    /// Layer-wise perturbations δi at the residual blocks (off: the `--no-layerwise` ablation).
+    pub layerwise: bool,
+    /// Learned per-example initialisation ω_x (off: the `--no-init` ablation, δ starts at 0).
+    pub learned_init: bool,
+    /// Initial input step α1 (pixel units).
+    pub alpha_init: f32,
+    /// Initial α_ω, the scale of the learned initialisation.
+    pub init_scale: f32,
+    /// Initial αi of the residual blocks.
+    pub block_alpha_init: f32,
+    /// Peak of the cyclic step-size learning rate μα.
+    pub alpha_lr: f64,
+    /// L2 penalty λ on the step sizes.
+    pub alpha_l2: f64,
+    pub alpha_momentum: f64,
+    /// Standard deviation of ω's random initialisation.
+    pub omega_std: f32,
 }
 
 impl MethodSpec {
@@ -79,13 +130,81 @@ impl MethodSpec {
             MethodSpec::Fgsm { .. } => "fgsm".into(),
             MethodSpec::FgsmRs { .. } => "fgsm-rs".into(),
             MethodSpec::Pgd { steps, .. } => format!("pgd{steps}"),
+            MethodSpec::Free { replays } => format!("free{replays}"),
+            MethodSpec::Atta { steps, .. } => format!("atta{steps}"),
+            MethodSpec::Sfgsm { .. } => "sfgsm".into(),
+            MethodSpec::Apart(c) => match (c.layerwise, c.learned_init) {
+                (true, true) => "apart".into(),
+                (false, true) => "apart-no-layerwise".into(),
+                (true, false) => "apart-no-init".into(),
+                (false, false) => "apart-no-layerwise-no-init".into(),
+            },
+            MethodSpec::ApartSimple(_) => "apart-simple".into(),
+            MethodSpec::GradAlign { .. } => "gradalign".into(),
+            MethodSpec::Nfgsm { .. } => "nfgsm".into(),
         }
     }
 
-    pub fn alpha(&self) -> f32 {
+    /// The fixed input step α, for methods that have one.
+    pub fn alpha(&self) -> Option<f32> {
         match self {
-            MethodSpec::Clean => 0.0,
-            MethodSpec::Fgsm { alpha } | MethodSpec::FgsmRs { alpha } | MethodSpec::Pgd { alpha, .. } => *alpha,
+            MethodSpec::Clean | MethodSpec::Free { .. } | MethodSpec::GradAlign { .. } => None,
+            MethodSpec::Apart(c) | MethodSpec::ApartSimple(c) => Some(c.alpha_init),
+            MethodSpec::Fgsm { alpha }
+            | MethodSpec::FgsmRs { alpha }
+            | MethodSpec::Pgd { alpha, .. }
+            | MethodSpec::Atta { alpha, .. }
+            | MethodSpec::Sfgsm { alpha, .. }
+            | MethodSpec::Nfgsm { alpha, .. } => Some(*alpha),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |w: &str, m: String| Err(CovfError::spec(w, m));
+        if let Some(a) = self.alpha() {
+            let apart = matches!(self, MethodSpec::Apart(_) | MethodSpec::ApartSimple(_));
+            if !(a.is_finite() && (a > 0.0 || (apart && a >= 0.0))) {
+                return bad("alpha", format!("{a} must be positive"));
+            }
+        }
+        match self {
+            MethodSpec::Pgd { steps, restarts, .. } if *steps == 0 || *restarts == 0 => bad(
+                "pgd",
+                format!("steps {steps} and restarts {restarts} must be at least 1"),
+            ),
+            MethodSpec::Free { replays } if *replays == 0 => bad("free", "replays must be at least 1".into()),
+            MethodSpec::Atta { steps, .. } if *steps == 0 => bad("atta", "steps must be at least 1".into()),
+            MethodSpec::Sfgsm { checkpoints, .. } if *checkpoints == 0 => {
+                bad("sfgsm", "checkpoints must be at least 1".into())
+            }
+            MethodSpec::GradAlign { lambda, fd_radius } if !(*lambda >= 0.0 && *fd_radius > 0.0) => bad(
+                "gradalign",
+                format!("λ {lambda} must be ≥ 0 and the finite-difference radius {fd_radius} > 0"),
+            ),
+            MethodSpec::Nfgsm { noise, .. } if !(*noise >= 0.0 && noise.is_finite()) => {
+                bad("nfgsm", format!("noise multiplier {noise} must be ≥ 0"))
+            }
+            MethodSpec::Apart(c) | MethodSpec::ApartSimple(c) => {
+                let ok = [
+                    f64::from(c.init_scale),
+                    f64::from(c.block_alpha_init),
+                    c.alpha_lr,
+                    c.alpha_l2,
+                    f64::from(c.omega_std),
+                ]
+                .iter()
+                .all(|v| v.is_finite() && *v >= 0.0)
+                    && (0.0..1.0).contains(&c.alpha_momentum);
+                if ok {
+                    Ok(())
+                } else {
+                    bad(
+                        "apart",
+                        format!("step sizes, μα, λ and ω's scale must be finite and ≥ 0, momentum in [0, 1): {c:?}"),
+                    )
+                }
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -144,18 +263,7 @@ impl TrainSpec {
         if self.batch_size == 0 {
             return bad("batch size", "must be at least 1".into());
         }
-        let a = self.method.alpha();
-        if !(a > 0.0 && a.is_finite()) {
-            return bad("alpha", format!("{a} must be positive"));
-        }
-        if let MethodSpec::Pgd { steps, restarts, .. } = self.method {
-            if steps == 0 || restarts == 0 {
-                return bad(
-                    "pgd",
-                    format!("steps {steps} and restarts {restarts} must be at least 1"),
-                );
-            }
-        }
+        self.method.validate()?;
         if !(0.0..1.0).contains(&self.momentum) || self.weight_decay < 0.0 {
             return bad(
                 "optimizer",

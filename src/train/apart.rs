@@ -1,0 +1,296 @@
+//! APART (Algorithm 1 of "Perturbation Deterioration: The Other Side of Catastrophic Overfitting"):
+//! FGSM-cost adversarial training whose perturbation generator is itself trained, by gradient
+//! ascent, so that it does not deteriorate into noise.
+//!
+//! Per minibatch, two forward/backward rounds:
+//! 1. δ1 = clamp(α_ω·ω_x, ±ε), ω_x the example's learned initialisation (stored in the padded image
+//!    space, aligned through crop and flip). Round 1 (weights detached, batch statistics): gradients
+//!    at the input and at every residual block's branch input, with zero block perturbations.
+//! 2. δ1 = clamp(α_ω·ω_x + α1·sign(∂L/∂x), ±ε); δi = αi·sign(∂L/∂x_i) on each block's residual
+//!    branch (models/preact.rs). Round 2 trains θ by SGD on x + δ1 with the δi in place.
+//! 3. First-order (FOMAML-style) gradients of the round-2 loss give ∂L/∂α1 = Σ ∂L/∂x·sign(g_x),
+//!    ∂L/∂α_ω = Σ ∂L/∂x·ω (both through the clamps), ∂L/∂αi = Σ ∂L/∂δi·sign(g_i); the dependence of
+//!    the signs on ω and α through round 1 is ignored.
+//! 4. ω ← clamp(ω + μω·sign(∂L/∂ω), −1, 1) with μω = α1/α_ω; every α takes one momentum-SGD *ascent*
+//!    step on L − λ‖α‖² at the cyclic rate μα (the reference code's optimizer: SGD, momentum 0.9,
+//!    weight decay 2λ on the negated gradient).
+//!
+//! Step sizes are kept ≥ 0 (a negative one would turn the generator's ascent into descent). The
+//! ablations of Table 6 switch off the block perturbations (`layerwise`) or the learned
+//! initialisation (`learned_init`, δ then starts at 0).
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::{DType, Tensor, Var};
+
+use super::per_example::PerExampleStore;
+use super::spec::ApartConfig;
+use super::{MethodEnv, StepCtx, StepSize, StepStats, TrainMethod};
+use crate::data::Batch;
+use crate::error::{CovfError, Result};
+use crate::models::{Mode, PreActResNet};
+use crate::optim::LrSchedule;
+use crate::rng::Rng;
+
+/// One momentum-SGD ascent step on L − λ‖α‖² for a scalar step size (the reference's update:
+/// d = −g + 2λα; b = μ·b + d; α −= lr·b), then α kept ≥ 0. Returns (α, b).
+pub fn ascent_step(alpha: f64, buf: f64, grad: f64, lr: f64, l2: f64, momentum: f64) -> (f64, f64) {
+    let d = -grad + 2.0 * l2 * alpha;
+    let b = momentum * buf + d;
+    ((alpha - lr * b).max(0.0), b)
+}
+
+/// Index of α_ω and of block i's αi in the step-size vector (α1 is at 0).
+const INIT: usize = 1;
+const FIRST_BLOCK: usize = 2;
+
+pub struct ApartTraining {
+    cfg: ApartConfig,
+    eps: f32,
+    /// ω_x per training example (None in the no-init ablation).
+    omega: Option<PerExampleStore>,
+    /// [α1, α_ω, α_block1, …]; the block entries appear at the first step, when the model is known.
+    alphas: Vec<f64>,
+    bufs: Vec<f64>,
+    alpha_schedule: LrSchedule,
+    label: String,
+}
+
+impl ApartTraining {
+    pub fn new(env: &MethodEnv, cfg: ApartConfig) -> Result<Self> {
+        let omega = if cfg.learned_init {
+            let mut rng = Rng::derive(env.seed, "apart-omega", 0);
+            let std = cfg.omega_std;
+            Some(PerExampleStore::new(env.n_train, env.shape, env.pad, || {
+                (std * rng.normal()).clamp(-1.0, 1.0)
+            }))
+        } else {
+            None
+        };
+        let init_scale = if cfg.learned_init { cfg.init_scale } else { 0.0 };
+        let label = super::spec::MethodSpec::Apart(cfg.clone()).label();
+        Ok(ApartTraining {
+            alphas: vec![f64::from(cfg.alpha_init), f64::from(init_scale)],
+            bufs: vec![0.0, 0.0],
+            alpha_schedule: LrSchedule::Cyclic {
+                max: cfg.alpha_lr,
+                peak: 0.5,
+                epochs: env.epochs,
+            },
+            eps: env.eps,
+            omega,
+            cfg,
+            label,
+        })
+    }
+
+    /// The same generator under another name (APART-Simple is APART without block perturbations).
+    pub fn with_label(mut self, label: &str) -> Self {
+        self.label = label.to_string();
+        self
+    }
+
+    fn ensure_blocks(&mut self, n: usize) {
+        let want = if self.cfg.layerwise {
+            FIRST_BLOCK + n
+        } else {
+            FIRST_BLOCK
+        };
+        if self.alphas.len() != want {
+            self.alphas.resize(want, f64::from(self.cfg.block_alpha_init));
+            self.bufs.resize(want, 0.0);
+        }
+    }
+
+    pub fn alphas(&self) -> &[f64] {
+        &self.alphas
+    }
+}
+
+/// 1 where a clamp to [lo, hi] let the gradient through (lo ≤ v ≤ hi), else 0.
+fn pass(v: &Tensor, lo: f64, hi: f64) -> Result<Tensor> {
+    Ok((v.ge(lo)?.to_dtype(DType::F32)? * v.le(hi)?.to_dtype(DType::F32)?)?)
+}
+
+fn dot(a: &Tensor, b: &Tensor) -> Result<f64> {
+    Ok(f64::from((a * b)?.sum_all()?.to_scalar::<f32>()?))
+}
+
+impl TrainMethod for ApartTraining {
+    fn name(&self) -> String {
+        self.label.clone()
+    }
+
+    fn alpha(&self) -> f32 {
+        self.alphas[0] as f32
+    }
+
+    fn step(&mut self, model: &PreActResNet, batch: &Batch, ctx: &mut StepCtx) -> Result<StepStats> {
+        let (x, y) = (&batch.x, &batch.y);
+        let (n, _, h, w) = x.dims4()?;
+        self.ensure_blocks(model.num_blocks());
+        let eps = f64::from(self.eps);
+        let (a_in, a_init) = (self.alphas[0], self.alphas[INIT]);
+        let omega = match &self.omega {
+            Some(s) => Some(s.gather(batch, x.device())?),
+            None => None,
+        };
+
+        // Round 1: gradients at the input and at each block's branch input.
+        let start = match &omega {
+            Some(o) => (o * a_init)?.clamp(-eps, eps)?,
+            None => x.zeros_like()?,
+        };
+        let x1 = Var::from_tensor(&(x + &start)?.clamp(0f32, 1f32)?)?;
+        let block_vars: Vec<Var> = if self.cfg.layerwise {
+            model
+                .block_shapes(n, h, w)
+                .iter()
+                .map(|s| Var::zeros(s.as_slice(), DType::F32, x.device()))
+                .collect::<candle_core::Result<_>>()?
+        } else {
+            Vec::new()
+        };
+        let deltas1: Vec<Option<Tensor>> = block_vars.iter().map(|v| Some(v.as_tensor().clone())).collect();
+        let frozen = model.detached();
+        let loss1 =
+            candle_nn::loss::cross_entropy(&frozen.forward_perturbed(x1.as_tensor(), &deltas1, Mode::ATTACK)?, y)?;
+        let g1 = loss1.backward()?;
+        let sign_of = |v: &Var| -> Result<Tensor> {
+            Ok(match g1.get(v.as_tensor()) {
+                Some(g) => g.sign()?,
+                None => v.as_tensor().zeros_like()?,
+            })
+        };
+        let sx = sign_of(&x1)?;
+        let sb: Vec<Tensor> = block_vars.iter().map(sign_of).collect::<Result<_>>()?;
+
+        // Round 2: the trained perturbations; θ takes its SGD step.
+        let raw = match &omega {
+            Some(o) => ((o * a_init)? + (&sx * a_in)?)?,
+            None => (&sx * a_in)?,
+        };
+        let d1 = raw.clamp(-eps, eps)?;
+        let xd = (x + &d1)?;
+        let mask = (pass(&raw, -eps, eps)? * pass(&xd, 0.0, 1.0)?)?;
+        let x2 = Var::from_tensor(&xd.clamp(0f32, 1f32)?)?;
+        let dvars: Vec<Var> = sb
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Var::from_tensor(&(s * self.alphas[FIRST_BLOCK + i])?))
+            .collect::<candle_core::Result<_>>()?;
+        let deltas2: Vec<Option<Tensor>> = dvars.iter().map(|v| Some(v.as_tensor().clone())).collect();
+        let logits = model.forward_perturbed(x2.as_tensor(), &deltas2, Mode::TRAIN)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, y)?;
+        let grads = ctx.update(&loss)?;
+
+        // First-order gradients of the round-2 loss w.r.t. the generator's parameters.
+        let gx = match grads.get(x2.as_tensor()) {
+            Some(g) => (g * &mask)?,
+            None => x.zeros_like()?,
+        };
+        let mut galpha = vec![0f64; self.alphas.len()];
+        galpha[0] = dot(&gx, &sx)?;
+        if let Some(o) = &omega {
+            galpha[INIT] = dot(&gx, o)?;
+            // ω ascends along sign(∂L/∂ω) = sign(α_ω·∂L/∂x) at rate α1/α_ω.
+            let mu = a_in / a_init.max(1e-12);
+            let o_new = (o + (gx.sign()? * mu)?)?.clamp(-1f32, 1f32)?;
+            if let Some(store) = &mut self.omega {
+                store.scatter(batch, &o_new)?;
+            }
+        }
+        for (i, (v, s)) in dvars.iter().zip(&sb).enumerate() {
+            if let Some(g) = grads.get(v.as_tensor()) {
+                galpha[FIRST_BLOCK + i] = dot(g, s)?;
+            }
+        }
+        let lr = self.alpha_schedule.lr_at(ctx.t.1);
+        for (k, g) in galpha.iter().enumerate() {
+            if k == INIT && self.omega.is_none() {
+                continue;
+            }
+            let (a, b) = ascent_step(
+                self.alphas[k],
+                self.bufs[k],
+                *g,
+                lr,
+                self.cfg.alpha_l2,
+                self.cfg.alpha_momentum,
+            );
+            self.alphas[k] = a;
+            self.bufs[k] = b;
+        }
+        StepStats::adv_only(&logits.detach(), y)
+    }
+
+    fn state(&self) -> Result<BTreeMap<String, Tensor>> {
+        let dev = candle_core::Device::Cpu;
+        let mut m = BTreeMap::new();
+        m.insert("apart.alphas".into(), Tensor::new(self.alphas.as_slice(), &dev)?);
+        m.insert("apart.alpha_momentum".into(), Tensor::new(self.bufs.as_slice(), &dev)?);
+        if let Some(o) = &self.omega {
+            m.insert("apart.omega".into(), o.to_tensor(&dev)?);
+        }
+        Ok(m)
+    }
+
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        let vec = |k: &str| -> Result<Option<Vec<f64>>> {
+            match state.get(k) {
+                Some(t) => Ok(Some(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?)),
+                None => Ok(None),
+            }
+        };
+        if let (Some(a), Some(b)) = (vec("apart.alphas")?, vec("apart.alpha_momentum")?) {
+            if a.len() != b.len() || a.len() < FIRST_BLOCK {
+                return Err(CovfError::checkpoint(
+                    "resume state",
+                    format!("APART step sizes: {} values, {} momentum entries", a.len(), b.len()),
+                ));
+            }
+            self.alphas = a;
+            self.bufs = b;
+        }
+        if let (Some(store), Some(t)) = (&mut self.omega, state.get("apart.omega")) {
+            store.load(t, "apart.omega")?;
+        }
+        Ok(())
+    }
+
+    fn step_sizes(&self) -> Vec<StepSize> {
+        self.alphas
+            .iter()
+            .enumerate()
+            .filter(|&(k, _)| k != INIT || self.omega.is_some())
+            .map(|(k, &value)| StepSize {
+                layer: match k {
+                    0 => "input".into(),
+                    INIT => "init".into(),
+                    b => format!("block{}", b - FIRST_BLOCK + 1),
+                },
+                value,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ascent_moves_with_the_gradient_against_the_l2_pull() {
+        // α = 0.1, g = 5, λ = 10, lr 0.01, momentum 0.9, no history:
+        // d = −5 + 2·10·0.1 = −3; b = −3; α = 0.1 + 0.03 = 0.13.
+        let (a, b) = ascent_step(0.1, 0.0, 5.0, 0.01, 10.0, 0.9);
+        assert!((a - 0.13).abs() < 1e-12 && (b + 3.0).abs() < 1e-12, "{a} {b}");
+        // Next step with g = 1: d = −1 + 20·0.13 = 1.6; b = 0.9·(−3) + 1.6 = −1.1; α = 0.13 + 0.011.
+        let (a2, b2) = ascent_step(a, b, 1.0, 0.01, 10.0, 0.9);
+        assert!((a2 - 0.141).abs() < 1e-12 && (b2 + 1.1).abs() < 1e-12, "{a2} {b2}");
+        // No gradient: the L2 pull alone shrinks α (0.1 − 0.01·2·10·0.1); it never goes below 0.
+        let (a3, _) = ascent_step(0.1, 0.0, 0.0, 0.01, 10.0, 0.0);
+        assert!((a3 - 0.08).abs() < 1e-12, "{a3}");
+        assert_eq!(ascent_step(0.001, 0.0, -100.0, 1.0, 0.0, 0.0).0, 0.0);
+    }
+}

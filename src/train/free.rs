@@ -1,0 +1,102 @@
+//! Free adversarial training (Shafahi et al. 2019, "Adversarial training for free!"): each minibatch
+//! is replayed m times (m = 8 by default); every replay's single backward pass gives both the weight
+//! gradient (one SGD step) and the input gradient (one ε-sized signed step on δ). δ is carried across
+//! replays, minibatches and epochs. The run's epochs are passes over the data, the requested epoch
+//! budget divided by m, so the cost matches m fewer FGSM-like epochs (cli/train.rs does the division).
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::{Tensor, Var};
+
+use super::{StepCtx, StepStats, TrainMethod};
+use crate::attacks::project;
+use crate::data::Batch;
+use crate::error::Result;
+use crate::models::{Classifier, Mode, PreActResNet};
+
+pub struct FreeTraining {
+    eps: f32,
+    replays: usize,
+    /// The carried perturbation, as wide as the largest batch seen.
+    delta: Option<Tensor>,
+}
+
+impl FreeTraining {
+    pub fn new(eps: f32, replays: usize) -> Self {
+        FreeTraining {
+            eps,
+            replays: replays.max(1),
+            delta: None,
+        }
+    }
+
+    /// The carried δ for a batch like `x` (zeros at the start or when the shape changes).
+    fn carried(&self, x: &Tensor) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        match &self.delta {
+            Some(d) if d.dim(0)? >= n && d.dims()[1..] == x.dims()[1..] => Ok(d.narrow(0, 0, n)?),
+            _ => Ok(x.zeros_like()?),
+        }
+    }
+
+    /// Keeps δ for the next minibatch; a short last batch only overwrites its own rows.
+    fn keep(&mut self, delta: Tensor) -> Result<()> {
+        let n = delta.dim(0)?;
+        self.delta = Some(match &self.delta {
+            Some(d) if d.dim(0)? > n && d.dims()[1..] == delta.dims()[1..] => {
+                Tensor::cat(&[&delta, &d.narrow(0, n, d.dim(0)? - n)?], 0)?
+            }
+            _ => delta,
+        });
+        Ok(())
+    }
+}
+
+impl TrainMethod for FreeTraining {
+    fn name(&self) -> String {
+        format!("free{}", self.replays)
+    }
+
+    fn alpha(&self) -> f32 {
+        self.eps
+    }
+
+    fn step(&mut self, model: &PreActResNet, batch: &Batch, ctx: &mut StepCtx) -> Result<StepStats> {
+        let (x, y) = (&batch.x, &batch.y);
+        let mut delta = project(&self.carried(x)?, x, self.eps)?;
+        let mut last = None;
+        let (t0, t1) = ctx.t;
+        for j in 0..self.replays {
+            let d = Var::from_tensor(&delta)?;
+            let logits = model.logits(&(x + d.as_tensor())?, Mode::TRAIN)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, y)?;
+            // Each replay is one update, spread evenly over this minibatch's stretch of the schedule.
+            let lr = ctx
+                .schedule
+                .lr_at(t0 + (t1 - t0) * (j + 1) as f64 / self.replays as f64);
+            let grads = ctx.update_at(&loss, lr)?;
+            if let Some(g) = grads.get(d.as_tensor()) {
+                delta = project(&(&delta + (g.sign()? * f64::from(self.eps))?)?, x, self.eps)?;
+            }
+            last = Some(logits.detach());
+        }
+        self.keep(delta)?;
+        match last {
+            Some(adv) => StepStats::adv_only(&adv, y),
+            None => Ok(StepStats::default()),
+        }
+    }
+
+    fn state(&self) -> Result<BTreeMap<String, Tensor>> {
+        Ok(self
+            .delta
+            .iter()
+            .map(|d| ("free.delta".to_string(), d.clone()))
+            .collect())
+    }
+
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        self.delta = state.get("free.delta").cloned();
+        Ok(())
+    }
+}
