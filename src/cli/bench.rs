@@ -26,7 +26,8 @@ pub struct BenchArgs {
     pub shape: Option<String>,
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
-    /// Training steps to time: clean, fgsm, fgsm-rs, pgdN (PGD-N training, e.g. pgd10).
+    /// Training steps to time, with `covf train`'s defaults: clean, fgsm, fgsm-rs, pgdN, freeM (one step = M
+    /// replays), attaK, sfgsm, apart, apart-simple, apart-no-layerwise, apart-no-init, gradalign, nfgsm.
     #[arg(long, value_delimiter = ',', default_value = "clean,fgsm,pgd10")]
     pub steps: Vec<String>,
     /// ε of the attacks (their cost does not depend on it).
@@ -49,26 +50,57 @@ pub struct BenchArgs {
     pub device: String,
 }
 
-fn parse_step(s: &str, eps: f32) -> Result<MethodSpec, CovfError> {
+/// A step name -> the method spec `covf train` would build for it on `dataset` at `eps` (same defaults):
+/// clean, fgsm, fgsm-rs, pgdN, free[M], atta[K], sfgsm, apart, apart-simple, apart-no-layerwise,
+/// apart-no-init, gradalign, nfgsm.
+fn parse_step(s: &str, eps: &str, dataset: &str) -> Result<MethodSpec, CovfError> {
     let s = s.trim().to_ascii_lowercase();
-    Ok(match s.as_str() {
-        "clean" => MethodSpec::Clean,
-        "fgsm" => MethodSpec::Fgsm { alpha: eps },
-        "fgsm-rs" => MethodSpec::FgsmRs { alpha: 1.25 * eps },
-        _ => match s.strip_prefix("pgd").map(str::parse::<usize>) {
-            Some(Ok(steps)) if steps >= 1 => MethodSpec::Pgd {
-                steps,
-                alpha: eps / 4.0,
-                restarts: 1,
-            },
-            _ => {
-                return Err(CovfError::spec(
-                    "bench step",
-                    format!("'{s}': expected clean, fgsm, fgsm-rs or pgdN (N ≥ 1, e.g. pgd10)"),
-                ))
-            }
-        },
-    })
+    let bad = || {
+        CovfError::spec(
+            "bench step",
+            format!(
+                "'{s}': expected clean, fgsm, fgsm-rs, pgdN, freeM, attaK (N, M, K ≥ 1, e.g. pgd10), sfgsm, apart, \
+                 apart-simple, apart-no-layerwise, apart-no-init, gradalign or nfgsm"
+            ),
+        )
+    };
+    let counted = |prefix: &str| -> Option<Result<usize, CovfError>> {
+        s.strip_prefix(prefix)
+            .filter(|rest| !rest.is_empty())
+            .map(|rest| rest.parse::<usize>().ok().filter(|&n| n >= 1).ok_or_else(bad))
+    };
+    let mut args: Vec<String> = vec![
+        "covf".into(),
+        "train".into(),
+        "--eps".into(),
+        eps.into(),
+        "--dataset".into(),
+        dataset.into(),
+    ];
+    let mut method = |m: &str, extra: &[String]| {
+        args.extend(["--method".to_string(), m.to_string()]);
+        args.extend_from_slice(extra);
+    };
+    if let Some(n) = counted("pgd") {
+        method("pgd", &["--steps".into(), n?.to_string()]);
+    } else if let Some(n) = counted("free") {
+        method("free", &["--replays".into(), n?.to_string()]);
+    } else if let Some(n) = counted("atta") {
+        method("atta", &["--steps".into(), n?.to_string()]);
+    } else {
+        match s.as_str() {
+            "clean" | "fgsm" | "fgsm-rs" | "free" | "atta" | "sfgsm" | "apart" | "apart-simple" | "gradalign"
+            | "nfgsm" => method(&s, &[]),
+            "apart-no-layerwise" => method("apart", &["--no-layerwise".into()]),
+            "apart-no-init" => method("apart", &["--no-init".into()]),
+            _ => return Err(bad()),
+        }
+    }
+    let cli = <super::Cli as clap::Parser>::try_parse_from(&args).map_err(|_| bad())?;
+    match cli.command {
+        super::Command::Train(t) => Ok(super::train::to_spec(&t)?.method),
+        _ => Err(bad()),
+    }
 }
 
 fn parse_shape(s: &str) -> Result<(usize, usize), CovfError> {
@@ -105,7 +137,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let methods = a
         .steps
         .iter()
-        .map(|s| parse_step(s, eps))
+        .map(|s| parse_step(s, &a.eps, &a.dataset))
         .collect::<Result<Vec<_>, _>>()?;
     let spec = BenchSpec {
         arch,
@@ -119,14 +151,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let json = a.json;
     if !json {
         println!(
-            "{:<8} {:<12} {:<9} {:>5} {:>7} {:>5} {:>10} {:>10} {:>10}",
+            "{:<18} {:<12} {:<9} {:>5} {:>7} {:>5} {:>10} {:>10} {:>10}",
             "step", "arch", "input", "batch", "threads", "iters", "median ms", "min ms", "img/s"
         );
     }
     let print = |r: &BenchRow| {
         if !json {
             println!(
-                "{:<8} {:<12} {:<9} {:>5} {:>7} {:>5} {:>10.1} {:>10.1} {:>10.1}",
+                "{:<18} {:<12} {:<9} {:>5} {:>7} {:>5} {:>10.1} {:>10.1} {:>10.1}",
                 r.step,
                 r.arch,
                 r.input,
@@ -152,13 +184,17 @@ mod tests {
 
     #[test]
     fn steps_and_shapes_parse() {
-        assert_eq!(parse_step("clean", 0.1).unwrap(), MethodSpec::Clean);
-        assert!(matches!(
-            parse_step("PGD7", 0.1).unwrap(),
-            MethodSpec::Pgd { steps: 7, .. }
-        ));
-        assert!(parse_step("pgd0", 0.1).is_err());
-        assert!(parse_step("apart2", 0.1).is_err());
+        let p = |s: &str| parse_step(s, "0.1", "fmnist");
+        assert_eq!(p("clean").unwrap(), MethodSpec::Clean);
+        assert!(matches!(p("PGD7").unwrap(), MethodSpec::Pgd { steps: 7, .. }));
+        assert!(matches!(p("free4").unwrap(), MethodSpec::Free { replays: 4 }));
+        assert!(matches!(p("atta3").unwrap(), MethodSpec::Atta { steps: 3, .. }));
+        assert!(matches!(p("apart-no-init").unwrap(), MethodSpec::Apart(c) if !c.learned_init && c.layerwise));
+        assert_eq!(p("nfgsm").unwrap().label(), "nfgsm");
+        assert!(matches!(p("free").unwrap(), MethodSpec::Free { replays: 8 }));
+        for bad in ["pgd0", "apart2", "free0", "attax", "sgd"] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
         assert_eq!(parse_shape("3x32x32").unwrap(), (3, 32));
         assert!(parse_shape("3x32x30").is_err());
         assert!(parse_shape("3x32").is_err());

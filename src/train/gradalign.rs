@@ -71,9 +71,7 @@ pub fn directional_fd(
     let mut weights = Vec::with_capacity(pairs.len());
     for (x, v) in pairs {
         let n = x.dim(0)?;
-        let shape: Vec<usize> = std::iter::once(n)
-            .chain(std::iter::repeat_n(1, x.rank() - 1))
-            .collect();
+        let shape: Vec<usize> = std::iter::once(n).chain(std::iter::repeat_n(1, x.rank() - 1)).collect();
         let vn = norms(v)?;
         let unit = v.broadcast_div(&vn.clamp(1e-30, f64::MAX)?.reshape(shape.as_slice())?)?;
         let step = (unit * f64::from(r))?;
