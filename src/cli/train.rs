@@ -424,4 +424,34 @@ mod tests {
         assert_eq!((c.epochs, c.arch), (30, Arch::PreAct18));
         assert!(matches!(c.schedule, LrSchedule::Cyclic { max, .. } if max == 0.1));
     }
+
+    #[test]
+    fn free_divides_the_epoch_budget_by_its_replays() {
+        let f = |args: &[&str]| spec_of(&[&["train", "--method", "free"], args].concat());
+        assert_eq!(f(&[]).epochs, 1, "4 epochs / 8 replays, rounded up");
+        assert_eq!(f(&["--epochs", "16"]).epochs, 2);
+        let s = f(&["--epochs", "10", "--replays", "4"]);
+        assert_eq!((s.epochs, s.method.clone()), (3, MethodSpec::Free { replays: 4 }));
+        assert!(matches!(s.schedule, LrSchedule::Cyclic { epochs: 3, .. }));
+        assert_eq!(spec_of(&["train", "--method", "apart", "--epochs", "10"]).epochs, 10);
+    }
+
+    #[test]
+    fn apart_defaults_follow_the_dataset() {
+        let m = spec_of(&["train", "--method", "apart"]);
+        let MethodSpec::Apart(c) = m.method else {
+            unreachable!("apart")
+        };
+        assert_eq!((c.alpha_init, c.init_scale), (0.075, 0.075));
+        assert_eq!(
+            (c.alpha_lr, c.alpha_l2),
+            (fmnist_defaults::APART_ALPHA_LR, fmnist_defaults::APART_L2)
+        );
+        let m = spec_of(&["train", "--method", "apart-simple", "--dataset", "cifar10"]);
+        let MethodSpec::ApartSimple(c) = m.method else {
+            unreachable!("apart-simple")
+        };
+        assert_eq!((c.alpha_init, c.alpha_lr, c.alpha_l2), (1e-4, 5e-8, 200.0));
+        assert_eq!(m.name, "apart-simple-cifar10-preact18-eps8-255-s0");
+    }
 }
