@@ -51,7 +51,7 @@ pub mod fmnist_defaults {
     pub const LR_MAX: f64 = 0.3;
     /// APART's step-size rate and L2 penalty at this scale (docs/methods.md).
     pub const APART_ALPHA_LR: f64 = 1e-6;
-    pub const APART_L2: f64 = 30.0;
+    pub const APART_L2: f64 = 10.0;
 }
 
 /// APART's generator settings: the paper's and its code's on CIFAR; on the small grey-scale sets the
