@@ -9,11 +9,11 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::Tensor;
 
 use super::per_example::PerExampleStore;
-use super::{MethodEnv, StepCtx, StepStats, TrainMethod};
+use super::{descend, MethodEnv, StepCtx, StepStats, TrainMethod};
 use crate::attacks::{project, sign_step};
 use crate::data::Batch;
 use crate::error::Result;
-use crate::models::{Classifier, Mode, PreActResNet};
+use crate::models::{Mode, PreActResNet};
 use crate::rng::Rng;
 
 /// Scale of the random values ATTA starts (and restarts) every stored perturbation from.
@@ -67,10 +67,7 @@ impl TrainMethod for AttaTraining {
             delta = sign_step(&frozen, x, &delta, y, self.alpha, self.eps, Mode::ATTACK)?.0;
         }
         self.store.scatter(batch, &delta)?;
-        let logits = model.logits(&(x + &delta)?, Mode::TRAIN)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, y)?;
-        ctx.update(&loss)?;
-        StepStats::adv_only(&logits.detach(), y)
+        descend(model, batch, &delta, None, ctx)
     }
 
     fn state(&self) -> Result<BTreeMap<String, Tensor>> {

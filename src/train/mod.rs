@@ -174,10 +174,22 @@ pub fn perturb_then_descend(
             rng: ctx.rng,
         },
     )?;
-    let logits = model.logits(&(&batch.x + &p.delta)?, Mode::TRAIN)?;
+    descend(model, batch, &p.delta, p.clean_logits.as_ref(), ctx)
+}
+
+/// The training half of a step: one SGD step on the cross-entropy at x + δ (batch statistics updated),
+/// with the step's statistics (clean ones only when the caller already has the clean logits).
+pub fn descend(
+    model: &PreActResNet,
+    batch: &Batch,
+    delta: &Tensor,
+    clean_logits: Option<&Tensor>,
+    ctx: &mut StepCtx,
+) -> Result<StepStats> {
+    let logits = model.logits(&(&batch.x + delta)?, Mode::TRAIN)?;
     let loss = candle_nn::loss::cross_entropy(&logits, &batch.y)?;
     ctx.update(&loss)?;
-    match p.clean_logits {
+    match clean_logits {
         Some(clean) => StepStats::from_logits(&clean.detach(), &logits.detach(), &batch.y),
         None => StepStats::adv_only(&logits.detach(), &batch.y),
     }

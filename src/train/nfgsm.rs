@@ -6,7 +6,7 @@
 
 use candle_core::Tensor;
 
-use super::{StepCtx, StepStats, TrainMethod};
+use super::{descend, StepCtx, StepStats, TrainMethod};
 use crate::attacks::input_grad;
 use crate::data::Batch;
 use crate::error::Result;
@@ -46,9 +46,6 @@ impl TrainMethod for NfgsmTraining {
     fn step(&mut self, model: &PreActResNet, batch: &Batch, ctx: &mut StepCtx) -> Result<StepStats> {
         let (x, y) = (&batch.x, &batch.y);
         let delta = self.perturbation(&model.detached(), x, y, ctx)?;
-        let logits = model.logits(&(x + &delta)?, Mode::TRAIN)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, y)?;
-        ctx.update(&loss)?;
-        StepStats::adv_only(&logits.detach(), y)
+        descend(model, batch, &delta, None, ctx)
     }
 }

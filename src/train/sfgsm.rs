@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::{StepCtx, StepStats, TrainMethod};
+use super::{descend, StepCtx, StepStats, TrainMethod};
 use crate::attacks::{correct_mask, sign_step, uniform_start};
 use crate::data::Batch;
 use crate::error::Result;
@@ -63,10 +63,7 @@ impl TrainMethod for SfgsmTraining {
         let n = batch.len();
         let frac = Tensor::from_vec(chosen_fractions(&wrong, n, c), (n, 1, 1, 1), x.device())?.to_dtype(DType::F32)?;
         let delta = delta.broadcast_mul(&frac)?;
-        let logits = model.logits(&(x + &delta)?, Mode::TRAIN)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, y)?;
-        ctx.update(&loss)?;
-        StepStats::adv_only(&logits.detach(), y)
+        descend(model, batch, &delta, None, ctx)
     }
 }
 
