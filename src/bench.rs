@@ -101,8 +101,6 @@ pub fn run(spec: &BenchSpec, dev: &Device, mut progress: impl FnMut(&BenchRow)) 
             shape: (c, s, s),
             pad: 0,
             seed: spec.seed,
-            device: dev.clone(),
-            batch_size: spec.batch,
             epochs: 1,
         };
         let mut method = build_method(m, &env)?;
@@ -118,7 +116,6 @@ pub fn run(spec: &BenchSpec, dev: &Device, mut progress: impl FnMut(&BenchRow)) 
                 rng: &mut step_rng,
                 schedule: &schedule,
                 t: (0.0, 0.5),
-                progress: 0.5,
             };
             method.step(&model, &batch, &mut ctx)?;
             dev.synchronize()?;

@@ -171,8 +171,6 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
             shape: spec.dataset.shape(),
             pad: spec.augment.pad,
             seed: spec.seed,
-            device: dev.clone(),
-            batch_size: spec.batch_size,
             epochs: spec.epochs,
         },
     )?;
@@ -240,7 +238,6 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
                     rng: &mut step_rng,
                     schedule: &spec.schedule,
                     t,
-                    progress: t.1 / spec.epochs as f64,
                 },
             )?;
             if !s.loss_adv_sum.is_finite() {

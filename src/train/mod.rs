@@ -18,7 +18,7 @@ pub mod spec;
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 pub use fit::{fit, FitOptions, FitSummary};
 pub use spec::{ApartConfig, EpochEvalSpec, Eps, MethodSpec, TrainSpec};
@@ -40,8 +40,6 @@ pub struct StepCtx<'a> {
     /// The stretch of the schedule this step covers, in fractional epochs: [t.0, t.1]. Methods that
     /// update several times per minibatch (Free) spread their updates over it.
     pub t: (f64, f64),
-    /// Fraction of the whole run done at the end of this step, in [0, 1] (perturbation-parameter schedules).
-    pub progress: f64,
 }
 
 impl StepCtx<'_> {
@@ -71,8 +69,7 @@ pub struct MethodEnv {
     /// Zero padding of the random crop: per-example state lives in the padded image space.
     pub pad: usize,
     pub seed: u64,
-    pub device: Device,
-    pub batch_size: usize,
+    /// Epochs of the run (schedules of the method's own parameters span them).
     pub epochs: usize,
 }
 
@@ -220,7 +217,7 @@ mod tests {
     use super::*;
     use crate::data::{AugParams, DatasetKind};
     use crate::models::{self, ArchSpec};
-    use candle_core::DType;
+    use candle_core::{DType, Device};
 
     fn apart_cfg(layerwise: bool, learned_init: bool) -> ApartConfig {
         ApartConfig {
@@ -294,8 +291,6 @@ mod tests {
             shape: (1, 28, 28),
             pad: 0,
             seed: 0,
-            device: dev,
-            batch_size: n,
             epochs: 1,
         };
         Setup {
@@ -329,7 +324,6 @@ mod tests {
                             rng: &mut rng,
                             schedule: &schedule,
                             t: (i as f64 * 0.1, (i + 1) as f64 * 0.1),
-                            progress: 0.5,
                         },
                     )
                     .unwrap()
