@@ -1,5 +1,6 @@
 //! covf: diagnose catastrophic overfitting in fast adversarial training (library; the CLI is a thin layer on top).
 
+pub mod analysis;
 pub mod attacks;
 pub mod bench;
 pub mod checkpoint;

@@ -744,3 +744,161 @@ fn eval_writes_tidy_results_orders_attacks_and_resumes_autoattack() {
         assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", text(&o));
     }
 }
+
+fn table(path: &Path) -> polars::prelude::DataFrame {
+    covf::metrics::read_parquet(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn f64s(df: &polars::prelude::DataFrame, col: &str) -> Vec<f64> {
+    df.column(col)
+        .unwrap()
+        .f64()
+        .unwrap()
+        .iter()
+        .map(|v| v.unwrap_or(f64::NAN))
+        .collect()
+}
+
+fn strs(df: &polars::prelude::DataFrame, col: &str) -> Vec<String> {
+    df.column(col)
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .map(|v| v.unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn analyze_measures_transfer_gap_curves_steps_and_the_co_verdict_with_a_cache() {
+    require_fmnist();
+    let dir = tempfile::tempdir().unwrap();
+    let common = [
+        "--train-subset",
+        "512",
+        "--test-subset",
+        "100",
+        "--epochs",
+        "2",
+        "--eps",
+        "0.1",
+        "--batch-size",
+        "64",
+        "--save-every-epoch",
+        "--quiet",
+    ];
+    for (method, name, extra) in [
+        ("fgsm", "f", &[][..]),
+        ("pgd", "p", &["--steps", "3"][..]),
+        ("apart", "a", &[][..]),
+    ] {
+        let mut a = vec!["train", "--method", method, "--name", name];
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&common);
+        let o = covf(&a, dir.path());
+        assert!(o.status.success(), "{method}: {}", text(&o));
+    }
+    let co_args = [
+        "analyze", "co", "--runs", "f", "p", "a", "--ref", "p", "--n", "64", "--study", "s", "--quiet",
+    ];
+    let o = covf(&co_args, dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let out = dir.path().join("analyses/s/out");
+    let co = table(&out.join("co.parquet"));
+    assert_eq!(strs(&co, "run"), vec!["f", "p", "a"]);
+    assert!(strs(&co, "verdict").iter().all(|v| !v.is_empty()));
+
+    // Transfer: one row per checkpoint, accuracies are fractions of 64 images, and the reference's own
+    // final checkpoint transferred to itself scores exactly its white-box accuracy.
+    let tr = table(&out.join("transfer.parquet"));
+    assert_eq!(tr.height(), 6);
+    let (acc_ref, acc_self, rnd) = (f64s(&tr, "acc_ref"), f64s(&tr, "acc_self"), f64s(&tr, "random_acc"));
+    for v in acc_ref.iter().chain(&acc_self).chain(&rnd) {
+        assert!(
+            (0.0..=1.0).contains(v) && (v * 64.0 - (v * 64.0).round()).abs() < 1e-9,
+            "{v}"
+        );
+    }
+    assert!(
+        rnd.iter().all(|&r| r == rnd[0]),
+        "one random baseline at one ε: {rnd:?}"
+    );
+    let runs = strs(&tr, "run");
+    let epochs: Vec<u64> = tr
+        .column("epoch")
+        .unwrap()
+        .u64()
+        .unwrap()
+        .iter()
+        .map(|e| e.unwrap())
+        .collect();
+    let at = (0..6).find(|&i| runs[i] == "p" && epochs[i] == 2).unwrap();
+    assert_eq!(acc_ref[at], acc_self[at]);
+    let gens = strs(&tr, "generator");
+    assert_eq!(gens[(0..6).find(|&i| runs[i] == "f").unwrap()], "step(a=0.1,start=0)");
+    assert!(gens[at].starts_with("pgd3("), "{}", gens[at]);
+
+    // Gap: G = L(δ_B) − L(δ_A) with its spread in order.
+    let gap = table(&out.join("gap-pgd10.parquet"));
+    assert_eq!(gap.height(), 6);
+    let (g, la, lb) = (f64s(&gap, "gap"), f64s(&gap, "loss_a"), f64s(&gap, "loss_b"));
+    let (p10, p50, p90) = (f64s(&gap, "gap_p10"), f64s(&gap, "gap_p50"), f64s(&gap, "gap_p90"));
+    for i in 0..6 {
+        assert!((g[i] - (lb[i] - la[i])).abs() < 1e-9 && p10[i] <= p50[i] && p50[i] <= p90[i]);
+    }
+    assert!(out.join("co.csv").is_file() && out.join("transfer.csv").is_file() && out.join("gap-pgd10.csv").is_file());
+
+    // Cached: a rerun reads every unit back and writes the same tables; --force recomputes the same numbers.
+    let first = std::fs::read_to_string(out.join("transfer.csv")).unwrap();
+    let cached = std::fs::read_dir(out.join("cache/transfer")).unwrap().count();
+    assert_eq!(cached, 6);
+    for extra in [&[][..], &["--force"][..]] {
+        let mut a = co_args.to_vec();
+        a.extend_from_slice(extra);
+        let o = covf(&a, dir.path());
+        assert!(o.status.success(), "{}", text(&o));
+        assert_eq!(
+            std::fs::read_to_string(out.join("transfer.csv")).unwrap(),
+            first,
+            "{extra:?}"
+        );
+    }
+
+    // Steps: APART's 5 step sizes for each of 2 epochs; curves: PGD-20 computed for every checkpoint.
+    let o = covf(&["analyze", "steps", "--runs", "f", "a", "--study", "s"], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let steps = table(&out.join("steps.parquet"));
+    assert_eq!(steps.height(), 10);
+    assert!(strs(&steps, "run").iter().all(|r| r == "a"));
+    let o = covf(
+        &[
+            "analyze", "curves", "--runs", "f", "p", "--n", "64", "--study", "s", "--quiet",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let curves = table(&out.join("curves.parquet"));
+    let metrics = strs(&curves, "metric");
+    assert_eq!(metrics.iter().filter(|m| *m == "test_acc_pgd20").count(), 4);
+    assert_eq!(metrics.iter().filter(|m| *m == "test_acc_pgd10").count(), 4);
+    let o = covf(
+        &[
+            "analyze", "random", "--ref", "p@1", "--n", "64", "--study", "s", "--quiet",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(table(&out.join("random.parquet")).height(), 2);
+
+    // Bad input: exit 2 and a message naming the fault.
+    for (args, needle) in [
+        (&["analyze", "transfer", "--runs", "f", "--ref", "nosuch"][..], "nosuch"),
+        (&["analyze", "gap", "--runs", "f", "--ref", "pgdx"][..], "pgdx"),
+        (&["analyze", "co", "--runs", "f", "--ref", "p@9"][..], "epoch 9"),
+        (&["analyze", "transfer", "--runs", "f"][..], "PGD-10"),
+    ] {
+        let o = covf(args, dir.path());
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(needle), "{args:?}: {}", text(&o));
+    }
+}

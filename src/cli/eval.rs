@@ -93,7 +93,7 @@ pub struct TableArgs {
 }
 
 /// A run named under `root`, a run directory, or (with its epoch) an epoch checkpoint file.
-fn resolve(target: &str, root: &Path) -> Result<(RunDir, Option<usize>), CovfError> {
+pub(crate) fn resolve(target: &str, root: &Path) -> Result<(RunDir, Option<usize>), CovfError> {
     let p = Path::new(target);
     if p.is_file() {
         let file = p
@@ -141,7 +141,7 @@ fn run_at(dir: &Path) -> Result<RunDir, CovfError> {
 }
 
 /// The epochs `sel` names among those with a checkpoint.
-fn select_epochs(run: &RunDir, sel: &str) -> Result<Vec<usize>, CovfError> {
+pub(crate) fn select_epochs(run: &RunDir, sel: &str) -> Result<Vec<usize>, CovfError> {
     let have = run.epochs()?;
     if have.is_empty() {
         return Err(CovfError::run(&run.name, "has no epoch checkpoint yet"));

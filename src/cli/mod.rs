@@ -1,5 +1,6 @@
 //! Command-line types (clap) and their conversion into the library's validated specs.
 
+pub mod analyze;
 pub mod bench;
 pub mod eval;
 pub mod runs;
@@ -38,6 +39,8 @@ pub enum Command {
     Eval(Box<eval::EvalArgs>),
     /// Stored evaluation results as a table (Markdown, CSV, LaTeX or text).
     Table(eval::TableArgs),
+    /// Per-epoch analyses: transfer strength, strength gap, random baselines, curves, step sizes, CO verdict.
+    Analyze(analyze::AnalyzeArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -47,5 +50,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Eval(a) => eval::run(*a, &cli.checkpoints),
         Command::Table(a) => eval::run_table(a, &cli.checkpoints),
+        Command::Analyze(a) => analyze::run(a, &cli.checkpoints),
     }
 }

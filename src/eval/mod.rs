@@ -140,7 +140,7 @@ pub fn mean_epoch_seconds(run: &RunDir) -> Option<f64> {
 }
 
 /// The test images of a run's dataset, the seeded subset of size `n`.
-fn test_set(train: &TrainSpec, data_dir: Option<&Path>, n: usize) -> Result<Dataset> {
+pub(crate) fn test_set(train: &TrainSpec, data_dir: Option<&Path>, n: usize) -> Result<Dataset> {
     let dir = data_dir.or(train.data_dir.as_deref());
     let (_, test) = data::load(train.dataset, dir)?;
     if n > test.len() {

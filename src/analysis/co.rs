@@ -1,0 +1,247 @@
+//! `covf analyze co`: per run, the epoch its robust accuracy collapses (catastrophic overfitting), the
+//! epoch its own perturbation deteriorates (the strength gap jumps, or transfer strength reaches the
+//! random-noise level), and whether the two coincide — the paper's question, answered for the user's runs.
+//!
+//! Criteria (all configurable): CO at the first epoch whose test PGD accuracy (the run's per-epoch
+//! metric) is at least `drop` below the previous epoch's; a gap jump at the first epoch whose gap rose by
+//! at least `gap_jump` nats and to at least `gap_ratio` times the previous gap; transfer at the random
+//! level at the first epoch whose transferred accuracy is within `random_margin` of (or above) the
+//! reference's accuracy under random signs. The deterioration epoch is the first epoch showing either sign.
+
+use serde::{Deserialize, Serialize};
+
+use super::gap::GapRow;
+use super::tidy::{Cell, Kind, TidyRow};
+use super::transfer::TransferRow;
+use crate::checkpoint::RunDir;
+use crate::error::Result;
+use crate::metrics::{col_f64, col_u64, read_parquet};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CoCriteria {
+    /// Fall of test PGD accuracy (fraction) from one epoch to the next that counts as CO.
+    pub drop: f64,
+    /// Rise of the gap (nats) from one epoch to the next that counts as a jump...
+    pub gap_jump: f64,
+    /// ...when the gap also becomes at least this multiple of the previous one.
+    pub gap_ratio: f64,
+    /// Transferred accuracy within this much of the random baseline counts as noise-level.
+    pub random_margin: f64,
+}
+
+impl Default for CoCriteria {
+    fn default() -> Self {
+        CoCriteria {
+            drop: 0.2,
+            gap_jump: 1.0,
+            gap_ratio: 2.0,
+            random_margin: 0.02,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoRow {
+    pub run: String,
+    pub method: String,
+    pub epochs: u64,
+    pub co_epoch: Option<u64>,
+    /// Test PGD accuracy before and at the CO epoch (NaN without CO).
+    pub pgd_before: f64,
+    pub pgd_at: f64,
+    pub gap_jump_epoch: Option<u64>,
+    pub gap_before: f64,
+    pub gap_at: f64,
+    pub transfer_random_epoch: Option<u64>,
+    pub transfer_at: f64,
+    pub random_acc: f64,
+    pub deterioration_epoch: Option<u64>,
+    /// Both epochs exist and are equal (null when neither happened).
+    pub coincide: Option<bool>,
+    pub verdict: String,
+}
+
+impl TidyRow for CoRow {
+    fn schema() -> &'static [(&'static str, Kind)] {
+        &[
+            ("run", Kind::Str),
+            ("method", Kind::Str),
+            ("epochs", Kind::U64),
+            ("co_epoch", Kind::U64),
+            ("pgd_before", Kind::F64),
+            ("pgd_at", Kind::F64),
+            ("gap_jump_epoch", Kind::U64),
+            ("gap_before", Kind::F64),
+            ("gap_at", Kind::F64),
+            ("transfer_random_epoch", Kind::U64),
+            ("transfer_at", Kind::F64),
+            ("random_acc", Kind::F64),
+            ("deterioration_epoch", Kind::U64),
+            ("coincide", Kind::Bool),
+            ("verdict", Kind::Str),
+        ]
+    }
+
+    fn cells(&self) -> Vec<Cell> {
+        vec![
+            Cell::Str(self.run.clone()),
+            Cell::Str(self.method.clone()),
+            Cell::U64(Some(self.epochs)),
+            Cell::U64(self.co_epoch),
+            Cell::F64(self.pgd_before),
+            Cell::F64(self.pgd_at),
+            Cell::U64(self.gap_jump_epoch),
+            Cell::F64(self.gap_before),
+            Cell::F64(self.gap_at),
+            Cell::U64(self.transfer_random_epoch),
+            Cell::F64(self.transfer_at),
+            Cell::F64(self.random_acc),
+            Cell::U64(self.deterioration_epoch),
+            Cell::Bool(self.coincide),
+            Cell::Str(self.verdict.clone()),
+        ]
+    }
+}
+
+/// The first epoch (after the first) where `hit(previous, current)`, with both values.
+fn first_change(series: &[(u64, f64)], hit: impl Fn(f64, f64) -> bool) -> Option<(u64, f64, f64)> {
+    series
+        .windows(2)
+        .find(|w| hit(w[0].1, w[1].1))
+        .map(|w| (w[1].0, w[0].1, w[1].1))
+}
+
+/// The verdict for one run from its series, each sorted by epoch: test PGD accuracy, gap, and transferred
+/// accuracy with the random baseline (`(epoch, acc_ref, random_acc)`).
+pub fn judge(
+    run: &str,
+    method: &str,
+    pgd: &[(u64, f64)],
+    gap: &[(u64, f64)],
+    transfer: &[(u64, f64, f64)],
+    c: &CoCriteria,
+) -> CoRow {
+    let co = first_change(pgd, |a, b| a - b >= c.drop);
+    let jump = first_change(gap, |a, b| b - a >= c.gap_jump && b >= c.gap_ratio * a.max(0.0));
+    let noise = transfer.iter().find(|&&(_, acc, rnd)| acc >= rnd - c.random_margin);
+    let det = match (jump.map(|j| j.0), noise.map(|t| t.0)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let co_epoch = co.map(|x| x.0);
+    let coincide = match (co_epoch, det) {
+        (None, None) => None,
+        (a, b) => Some(a == b),
+    };
+    let verdict = match (co_epoch, det) {
+        (Some(a), Some(b)) if a == b => format!("CO and perturbation deterioration coincide at epoch {a}"),
+        (Some(a), Some(b)) => format!("CO at epoch {a}, perturbation deterioration at epoch {b}"),
+        (Some(a), None) => format!("CO at epoch {a} without a measured perturbation deterioration"),
+        (None, Some(b)) => format!("perturbation deterioration at epoch {b} without CO"),
+        (None, None) => "no CO and no perturbation deterioration".into(),
+    };
+    let nan = f64::NAN;
+    CoRow {
+        run: run.into(),
+        method: method.into(),
+        epochs: pgd.len().max(gap.len()).max(transfer.len()) as u64,
+        co_epoch,
+        pgd_before: co.map_or(nan, |x| x.1),
+        pgd_at: co.map_or(nan, |x| x.2),
+        gap_jump_epoch: jump.map(|x| x.0),
+        gap_before: jump.map_or(nan, |x| x.1),
+        gap_at: jump.map_or(nan, |x| x.2),
+        transfer_random_epoch: noise.map(|t| t.0),
+        transfer_at: noise.map_or(nan, |t| t.1),
+        random_acc: noise.or(transfer.last()).map_or(nan, |t| t.2),
+        deterioration_epoch: det,
+        coincide,
+        verdict,
+    }
+}
+
+/// Test PGD accuracy per epoch from a run's metrics.
+pub fn pgd_series(run: &RunDir) -> Result<Vec<(u64, f64)>> {
+    let path = run.path.join("metrics.parquet");
+    let df = read_parquet(&path)?;
+    let e = col_u64(&df, "epoch", &path)?;
+    let a = col_f64(&df, "test_acc_pgd", &path)?;
+    let mut s: Vec<(u64, f64)> = e.into_iter().zip(a).collect();
+    s.sort_by_key(|x| x.0);
+    Ok(s)
+}
+
+/// The verdict for each run, from its metrics and its gap and transfer rows.
+pub fn run(runs: &[RunDir], gaps: &[GapRow], transfers: &[TransferRow], c: &CoCriteria) -> Result<Vec<CoRow>> {
+    let mut out = Vec::new();
+    for r in runs {
+        let method = r.read_spec()?.method.label();
+        let mut g: Vec<(u64, f64)> = gaps
+            .iter()
+            .filter(|x| x.run == r.name)
+            .map(|x| (x.epoch, x.gap))
+            .collect();
+        g.sort_by_key(|x| x.0);
+        let mut t: Vec<(u64, f64, f64)> = transfers
+            .iter()
+            .filter(|x| x.run == r.name)
+            .map(|x| (x.epoch, x.acc_ref, x.random_acc))
+            .collect();
+        t.sort_by_key(|x| x.0);
+        out.push(judge(&r.name, &method, &pgd_series(r)?, &g, &t, c));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fgsm_like_series_coincide_pgd_like_series_do_not_overfit() {
+        let c = CoCriteria::default();
+        // The default FGSM run's shape: PGD-10 50% → 7.6%; the gap 0.3 → 4.0; transfer reaches noise at 2.
+        let pgd = [(1, 0.50), (2, 0.076), (3, 0.092), (4, 0.027)];
+        let gap = [(1, 0.3), (2, 4.0), (3, 5.0), (4, 7.0)];
+        let tr = [(1, 0.55, 0.80), (2, 0.79, 0.80), (3, 0.81, 0.80), (4, 0.82, 0.80)];
+        let r = judge("f", "fgsm", &pgd, &gap, &tr, &c);
+        assert_eq!(
+            (r.co_epoch, r.gap_jump_epoch, r.transfer_random_epoch),
+            (Some(2), Some(2), Some(2))
+        );
+        assert_eq!((r.deterioration_epoch, r.coincide), (Some(2), Some(true)));
+        assert_eq!(
+            (r.pgd_before, r.pgd_at, r.gap_before, r.gap_at),
+            (0.50, 0.076, 0.3, 4.0)
+        );
+        assert!(r.verdict.contains("coincide at epoch 2"), "{}", r.verdict);
+
+        // PGD-10: accuracy rises, the gap stays ~0, transfer stays far below noise.
+        let pgd = [(1, 0.54), (2, 0.58), (3, 0.67), (4, 0.71)];
+        let gap = [(1, 0.0), (2, 0.01), (3, 0.0), (4, 0.02)];
+        let tr = [(1, 0.5, 0.8), (2, 0.45, 0.8), (3, 0.4, 0.8), (4, 0.4, 0.8)];
+        let r = judge("p", "pgd10", &pgd, &gap, &tr, &c);
+        assert_eq!((r.co_epoch, r.deterioration_epoch, r.coincide), (None, None, None));
+        assert_eq!(r.verdict, "no CO and no perturbation deterioration");
+    }
+
+    #[test]
+    fn thresholds_are_respected_and_a_lag_is_reported() {
+        let c = CoCriteria::default();
+        // A 19-point fall is not CO; the later 30-point fall is. Rises of 0.9 nats are no jump, nor is
+        // 1.5 nats to less than twice the previous gap (1.9 → 3.4); 0.4 → 2.5, one epoch after CO, is.
+        let pgd = [(1, 0.5), (2, 0.31), (3, 0.01)];
+        let gap = [(1, 0.1), (2, 1.0), (3, 1.9), (4, 3.4)];
+        let r = judge("x", "fgsm", &pgd, &gap, &[], &c);
+        assert_eq!(r.co_epoch, Some(3));
+        assert_eq!(r.gap_jump_epoch, None, "{r:?}");
+        let gap = [(1, 0.1), (2, 0.2), (3, 0.4), (4, 2.5)];
+        let r = judge("x", "fgsm", &pgd, &gap, &[], &c);
+        assert_eq!(
+            (r.gap_jump_epoch, r.deterioration_epoch, r.coincide),
+            (Some(4), Some(4), Some(false))
+        );
+        assert_eq!(r.verdict, "CO at epoch 3, perturbation deterioration at epoch 4");
+        assert!(r.transfer_random_epoch.is_none() && r.random_acc.is_nan());
+    }
+}

@@ -1,0 +1,133 @@
+//! `covf analyze curves`: per run and epoch, training accuracy (on the training perturbations, and clean
+//! where the method saw the clean input) and test accuracy clean, under PGD-10 and under PGD-20 — the
+//! curves of Figures 1b and 5a–b. The training-time numbers come from the run's metrics; PGD-20 is
+//! computed here on each checkpoint (uniform start, step ε/4) and cached.
+
+use serde::{Deserialize, Serialize};
+
+use super::tidy::{Cell, Kind, TidyRow};
+use super::{cache, mean, per_sample, perturbed_batches, AnalysisCtx, EpochRef};
+use crate::attacks::Pgd;
+use crate::checkpoint::RunDir;
+use crate::error::Result;
+use crate::metrics::{col_f64, col_u64, read_parquet};
+use crate::rng::Rng;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CurveRow {
+    pub run: String,
+    pub method: String,
+    pub epoch: u64,
+    /// `train_acc_adv`, `train_acc_clean`, `test_acc_clean`, `test_acc_pgd10`, `test_acc_pgd20`.
+    pub metric: String,
+    pub value: f64,
+    /// Images behind the value: the test subset, or for the train metrics the training subset (null when
+    /// the run used the whole training set).
+    pub n: Option<u64>,
+}
+
+impl TidyRow for CurveRow {
+    fn schema() -> &'static [(&'static str, Kind)] {
+        &[
+            ("run", Kind::Str),
+            ("method", Kind::Str),
+            ("epoch", Kind::U64),
+            ("metric", Kind::Str),
+            ("value", Kind::F64),
+            ("n", Kind::U64),
+        ]
+    }
+
+    fn cells(&self) -> Vec<Cell> {
+        vec![
+            Cell::Str(self.run.clone()),
+            Cell::Str(self.method.clone()),
+            Cell::U64(Some(self.epoch)),
+            Cell::Str(self.metric.clone()),
+            Cell::F64(self.value),
+            Cell::U64(self.n),
+        ]
+    }
+}
+
+/// Test accuracy of one checkpoint under PGD-`steps` (cached).
+pub fn pgd_accuracy(ctx: &AnalysisCtx, a: &EpochRef, steps: usize) -> Result<(f64, u64)> {
+    let key = cache::key(&[&a.content_hash()?, &format!("pgd{steps}"), &ctx.key_parts()]);
+    ctx.cache("curves").get_or(&key, || {
+        let ds = ctx.test_set(&a.spec)?;
+        let (model, _) = a.load(&ctx.device)?;
+        let pb = ctx.progress(
+            ds.len().div_ceil(ctx.batch_size.max(1)),
+            format!("pgd{steps} on {}", a.label()),
+        );
+        let mut rng = Rng::derive(ctx.seed, "curves/pgd", a.epoch as u64);
+        let xs = perturbed_batches(&model, &Pgd::new(a.spec.eps.value, steps), &ds, ctx, &mut rng, &pb)?;
+        pb.finish_and_clear();
+        let mut ok = Vec::new();
+        for (x, y) in &xs {
+            ok.extend(per_sample(&model, x, y)?.0);
+        }
+        Ok((mean(&ok), ds.len() as u64))
+    })
+}
+
+/// The training-time rows of a run, from its `metrics.parquet`.
+pub fn from_metrics(run: &RunDir) -> Result<Vec<CurveRow>> {
+    let path = run.path.join("metrics.parquet");
+    let df = read_parquet(&path)?;
+    let spec = run.read_spec()?;
+    let method = spec.method.label();
+    let n_train = spec.train_subset.map(|n| n as u64);
+    let epochs = col_u64(&df, "epoch", &path)?;
+    let test_n = col_u64(&df, "test_n", &path)?;
+    let pgd_steps = col_u64(&df, "pgd_steps", &path)?;
+    let mut rows = Vec::new();
+    for (name, metric) in [
+        ("train_acc_adv", "train_acc_adv"),
+        ("train_acc_clean", "train_acc_clean"),
+        ("test_acc_clean", "test_acc_clean"),
+        ("test_acc_pgd", "test_acc_pgd"),
+    ] {
+        let v = col_f64(&df, name, &path)?;
+        for i in 0..df.height() {
+            if v[i].is_nan() {
+                continue;
+            }
+            let (metric, n) = match metric {
+                "test_acc_pgd" => (format!("test_acc_pgd{}", pgd_steps[i]), Some(test_n[i])),
+                m if m.starts_with("test") => (m.to_string(), Some(test_n[i])),
+                m => (m.to_string(), n_train),
+            };
+            rows.push(CurveRow {
+                run: run.name.clone(),
+                method: method.clone(),
+                epoch: epochs[i],
+                metric,
+                value: v[i],
+                n,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Metrics rows plus test PGD-20 accuracy for every given checkpoint of each run.
+pub fn run(ctx: &AnalysisCtx, runs: &[(RunDir, Vec<EpochRef>)]) -> Result<Vec<CurveRow>> {
+    let mut rows = Vec::new();
+    for (run, checkpoints) in runs {
+        rows.extend(from_metrics(run)?);
+        for a in checkpoints {
+            let (acc, n) = pgd_accuracy(ctx, a, 20)?;
+            rows.push(CurveRow {
+                run: run.name.clone(),
+                method: a.spec.method.label(),
+                epoch: a.epoch as u64,
+                metric: "test_acc_pgd20".into(),
+                value: acc,
+                n: Some(n),
+            });
+        }
+    }
+    rows.sort_by(|a, b| (&a.run, a.epoch, &a.metric).cmp(&(&b.run, b.epoch, &b.metric)));
+    Ok(rows)
+}

@@ -1,0 +1,361 @@
+//! f_A: the perturbation generator of a training method, applied to a checkpoint of its run (the paper's
+//! f_A(θ_A^(i), x, y)), as an `Attack` so the analyses can run it on the test images.
+//!
+//! Each method's own attack with its run's parameters; where the training generator keeps per-example
+//! state that unseen test images do not have, the state starts where training starts it:
+//! - `fgsm`, `gradalign`: FGSM, zero start, step α. `free`: FGSM with step ε (a fresh example's carried δ is 0).
+//! - `fgsm-rs`: uniform start, step α. `pgd`: PGD-N, uniform start, step α. `atta`: PGD-K from δ = 0
+//!   (its store starts at 0.001·N(0, 1)).
+//! - `sfgsm`: the FGSM-RS step cut at the first of the c checkpoints that is misclassified.
+//! - `nfgsm`: noise U(−kε, kε), one step α, then projected onto the ε-ball so that every generator is
+//!   compared within the same budget (training itself does not project).
+//! - `apart`, `apart-simple`: clamp(α_ω·ω + α1·sign(∇x L(x + α_ω·ω)), ±ε) with the checkpoint's learned
+//!   α1; ω is learned per *training* example, so on test images ω = 0 and the generator is a signed step of
+//!   α1. The block perturbations δi live inside the network and cannot be transferred.
+//! - `clean`: no generator (δ = 0).
+//!
+//! BN runs in eval mode, as for every attack in `covf eval`.
+
+use candle_core::{DType, Tensor};
+
+use crate::attacks::{correct_mask, input_grad, project, sign_step, uniform_start, Attack, AttackCtx, Perturbation};
+use crate::checkpoint::Checkpoint;
+use crate::error::{CovfError, Result};
+use crate::models::Classifier;
+use crate::train::sfgsm::chosen_fractions;
+use crate::train::{MethodSpec, TrainSpec};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Generator {
+    Zero,
+    /// One signed step of α from δ0 ~ U(−start·ε, start·ε) (start = 0: from zero), projected to ε.
+    Step {
+        eps: f32,
+        alpha: f32,
+        start: f32,
+    },
+    /// N signed steps of α, projected every step, from a uniform start or from zero.
+    Pgd {
+        eps: f32,
+        alpha: f32,
+        steps: usize,
+        random_start: bool,
+    },
+    /// FGSM-RS, then the first misclassified point among (k/c)·δ.
+    Sfgsm {
+        eps: f32,
+        alpha: f32,
+        checkpoints: usize,
+    },
+}
+
+impl Generator {
+    /// The generator of `spec`'s method at the checkpoint `ck` (APART reads its learned α1 there).
+    pub fn for_run(spec: &TrainSpec, ck: &Checkpoint) -> Result<Generator> {
+        let eps = spec.eps.value;
+        Ok(match &spec.method {
+            MethodSpec::Clean => Generator::Zero,
+            MethodSpec::Fgsm { alpha } => Generator::Step {
+                eps,
+                alpha: *alpha,
+                start: 0.0,
+            },
+            MethodSpec::GradAlign { .. } | MethodSpec::Free { .. } => Generator::Step {
+                eps,
+                alpha: eps,
+                start: 0.0,
+            },
+            MethodSpec::FgsmRs { alpha } => Generator::Step {
+                eps,
+                alpha: *alpha,
+                start: 1.0,
+            },
+            MethodSpec::Nfgsm { alpha, noise } => Generator::Step {
+                eps,
+                alpha: *alpha,
+                start: *noise,
+            },
+            MethodSpec::Pgd { steps, alpha, .. } => Generator::Pgd {
+                eps,
+                alpha: *alpha,
+                steps: *steps,
+                random_start: true,
+            },
+            MethodSpec::Atta { steps, alpha, .. } => Generator::Pgd {
+                eps,
+                alpha: *alpha,
+                steps: *steps,
+                random_start: false,
+            },
+            MethodSpec::Sfgsm { alpha, checkpoints } => Generator::Sfgsm {
+                eps,
+                alpha: *alpha,
+                checkpoints: *checkpoints,
+            },
+            MethodSpec::Apart(_) | MethodSpec::ApartSimple(_) => Generator::Step {
+                eps,
+                alpha: learned_input_step(ck)?,
+                start: 0.0,
+            },
+        })
+    }
+
+    /// A short description for tables, e.g. `step(a=0.15,start=0)`.
+    pub fn describe(&self) -> String {
+        match self {
+            Generator::Zero => "zero".into(),
+            Generator::Step { alpha, start, .. } => format!("step(a={alpha},start={start})"),
+            Generator::Pgd {
+                alpha,
+                steps,
+                random_start,
+                ..
+            } => format!("pgd{steps}(a={alpha},rs={random_start})"),
+            Generator::Sfgsm { alpha, checkpoints, .. } => format!("sfgsm(a={alpha},c={checkpoints})"),
+        }
+    }
+}
+
+/// α1 ("input") from the `step_sizes` JSON an APART checkpoint carries in its metadata.
+pub fn learned_input_step(ck: &Checkpoint) -> Result<f32> {
+    let missing = |m: &str| CovfError::spec("APART checkpoint", format!("step_sizes metadata: {m}"));
+    let text = ck.get("step_sizes").ok_or_else(|| missing("absent"))?;
+    let v: serde_json::Value = serde_json::from_str(text)?;
+    v.as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|s| s.get("layer").and_then(|l| l.as_str()) == Some("input"))
+        })
+        .and_then(|s| s.get("value"))
+        .and_then(serde_json::Value::as_f64)
+        .map(|a| a as f32)
+        .ok_or_else(|| missing("no 'input' step size"))
+}
+
+impl Attack for Generator {
+    fn name(&self) -> String {
+        self.describe()
+    }
+
+    fn perturb(&self, model: &dyn Classifier, x: &Tensor, y: &Tensor, ctx: &mut AttackCtx) -> Result<Perturbation> {
+        let delta = match *self {
+            Generator::Zero => x.zeros_like()?,
+            Generator::Step { eps, alpha, start } => {
+                let d0 = if start > 0.0 {
+                    let k = start * eps;
+                    let u = ctx.rng.uniform_tensor(x.dims(), -k, k, x.device())?;
+                    ((x + u)?.clamp(0f32, 1f32)? - x)?
+                } else {
+                    x.zeros_like()?
+                };
+                let (g, _) = input_grad(model, x, &d0, y, ctx.mode)?;
+                project(&(d0 + (g.sign()? * f64::from(alpha))?)?, x, eps)?
+            }
+            Generator::Pgd {
+                eps,
+                alpha,
+                steps,
+                random_start,
+            } => {
+                let mut d = if random_start {
+                    uniform_start(x, eps, ctx.rng)?
+                } else {
+                    x.zeros_like()?
+                };
+                for _ in 0..steps {
+                    d = sign_step(model, x, &d, y, alpha, eps, ctx.mode)?.0;
+                }
+                d
+            }
+            Generator::Sfgsm {
+                eps,
+                alpha,
+                checkpoints,
+            } => {
+                let start = uniform_start(x, eps, ctx.rng)?;
+                let (d, _) = sign_step(model, x, &start, y, alpha, eps, ctx.mode)?;
+                let c = checkpoints.max(1);
+                let mut wrong = Vec::with_capacity(c.saturating_sub(1));
+                for k in 1..c {
+                    let xk = (x + (&d * (k as f64 / c as f64))?)?;
+                    let ok: Vec<f32> = correct_mask(&model.logits(&xk, ctx.mode)?, y)?.to_vec1()?;
+                    wrong.push(ok.iter().map(|&v| v == 0.0).collect());
+                }
+                let n = x.dim(0)?;
+                let frac =
+                    Tensor::from_vec(chosen_fractions(&wrong, n, c), (n, 1, 1, 1), x.device())?.to_dtype(DType::F32)?;
+                d.broadcast_mul(&frac)?
+            }
+        };
+        Ok(Perturbation {
+            delta: delta.detach(),
+            clean_logits: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attacks::linear::TwoClassLinear;
+    use crate::models::Mode;
+    use crate::rng::Rng;
+    use candle_core::Device;
+    use std::collections::{BTreeMap, HashMap};
+
+    fn run(g: &Generator, x: &Tensor, y: &Tensor, seed: u64) -> Vec<f32> {
+        let model = TwoClassLinear {
+            w: Tensor::new(&[3.0f32, -1.0, 2.0, 0.5], &Device::Cpu).unwrap(),
+            b: 0.0,
+        };
+        let mut rng = Rng::new(seed);
+        g.perturb(
+            &model,
+            x,
+            y,
+            &mut AttackCtx {
+                mode: Mode::EVAL,
+                rng: &mut rng,
+            },
+        )
+        .unwrap()
+        .delta
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+    }
+
+    #[test]
+    fn every_generator_stays_in_the_ball_and_the_box_and_moves_along_sign_w() {
+        let dev = Device::Cpu;
+        // Class 0: the loss rises along +sign(w) = (+, −, +, +). The second image sits on the box edges.
+        let x = Tensor::new(&[[0.5f32, 0.5, 0.5, 0.5], [1.0, 0.0, 0.95, 0.5]], &dev).unwrap();
+        let y = Tensor::new(&[0u32, 0], &dev).unwrap();
+        let sign = [1.0f32, -1.0, 1.0, 1.0];
+        let eps = 0.1;
+        let gens = [
+            Generator::Zero,
+            Generator::Step {
+                eps,
+                alpha: eps,
+                start: 0.0,
+            },
+            Generator::Step {
+                eps,
+                alpha: 1.25 * eps,
+                start: 1.0,
+            },
+            Generator::Step {
+                eps,
+                alpha: eps,
+                start: 2.0,
+            },
+            Generator::Pgd {
+                eps,
+                alpha: eps / 4.0,
+                steps: 10,
+                random_start: true,
+            },
+            Generator::Pgd {
+                eps,
+                alpha: eps / 4.0,
+                steps: 10,
+                random_start: false,
+            },
+            Generator::Sfgsm {
+                eps,
+                alpha: 1.25 * eps,
+                checkpoints: 3,
+            },
+        ];
+        let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        for g in &gens {
+            let d = run(g, &x, &y, 3);
+            for (i, (&di, &xi)) in d.iter().zip(&xs).enumerate() {
+                assert!(di.abs() <= eps + 1e-6, "{g:?}: |δ| = {di}");
+                assert!((0.0..=1.0).contains(&(xi + di)), "{g:?}: x + δ = {}", xi + di);
+                // Zero start and enough total step: every free coordinate ends at the corner ε·sign(w).
+                let free = i < 4;
+                if free && matches!(g, Generator::Step { start, .. } if *start == 0.0) {
+                    assert!((di - eps * sign[i]).abs() < 1e-6, "{g:?}: {d:?}");
+                }
+                if free && matches!(g, Generator::Pgd { .. }) {
+                    assert!((di - eps * sign[i]).abs() < 1e-6, "{g:?}: {d:?}");
+                }
+            }
+            if *g == Generator::Zero {
+                assert!(d.iter().all(|&v| v == 0.0));
+            }
+        }
+    }
+
+    #[test]
+    fn sfgsm_cuts_the_step_where_the_label_first_flips() {
+        let dev = Device::Cpu;
+        // w·x + b at x = 0.5: 0.5·4.5 − 2.3 = −0.05 (class 0). Any step along sign(w) gains
+        // ~Σ|w_i|·|δ_i|; with ε = 0.1 the full step gains ~0.65, a third of it ~0.2 > 0.05: the first
+        // checkpoint (k = 1 of c = 3) already flips the label, so δ is scaled by 1/3.
+        let model = TwoClassLinear {
+            w: Tensor::new(&[3.0f32, -1.0, 2.0, 0.5], &dev).unwrap(),
+            b: -2.3,
+        };
+        let x = Tensor::full(0.5f32, (1, 4), &dev).unwrap();
+        let y = Tensor::new(&[0u32], &dev).unwrap();
+        let g = Generator::Sfgsm {
+            eps: 0.1,
+            alpha: 0.125,
+            checkpoints: 3,
+        };
+        let mut rng = Rng::new(1);
+        let mut ctx = AttackCtx {
+            mode: Mode::EVAL,
+            rng: &mut rng,
+        };
+        let d = g.perturb(&model, &x, &y, &mut ctx).unwrap().delta;
+        let mut rng = Rng::new(1);
+        let full = Generator::Step {
+            eps: 0.1,
+            alpha: 0.125,
+            start: 1.0,
+        }
+        .perturb(
+            &model,
+            &x,
+            &y,
+            &mut AttackCtx {
+                mode: Mode::EVAL,
+                rng: &mut rng,
+            },
+        )
+        .unwrap()
+        .delta;
+        let (d, full): (Vec<f32>, Vec<f32>) = (
+            d.flatten_all().unwrap().to_vec1().unwrap(),
+            full.flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        for (a, b) in d.iter().zip(&full) {
+            assert!((a - b / 3.0).abs() < 1e-6, "{d:?} vs {full:?}");
+        }
+    }
+
+    #[test]
+    fn apart_reads_its_learned_input_step_from_the_checkpoint() {
+        let mut meta = BTreeMap::new();
+        meta.insert(
+            "step_sizes".to_string(),
+            r#"[{"layer":"input","value":0.078},{"layer":"init","value":0.07},{"layer":"block1","value":0.01}]"#
+                .to_string(),
+        );
+        let ck = Checkpoint {
+            tensors: HashMap::new(),
+            meta,
+        };
+        assert!((learned_input_step(&ck).unwrap() - 0.078).abs() < 1e-7);
+        let empty = Checkpoint {
+            tensors: HashMap::new(),
+            meta: BTreeMap::new(),
+        };
+        assert!(learned_input_step(&empty).is_err());
+    }
+}

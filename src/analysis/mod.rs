@@ -1,0 +1,233 @@
+//! The analysis engine: epoch by epoch, how a run's model and its perturbations change (transfer
+//! strength, strength gap, random baselines, accuracy curves, learned step sizes, the CO verdict),
+//! written as tidy tables under `analyses/<study>/out/`. Every unit of work is cached by the content of
+//! the checkpoints it reads and its parameters, so a rerun is near-free.
+
+pub mod cache;
+pub mod co;
+pub mod curves;
+pub mod gap;
+pub mod generator;
+pub mod random;
+pub mod steps;
+pub mod tidy;
+pub mod transfer;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::attacks::{correct_mask, per_sample_ce, Attack, AttackCtx};
+use crate::checkpoint::RunDir;
+use crate::data::Dataset;
+use crate::error::{CovfError, Result};
+use crate::models::{Classifier, Mode, PreActResNet};
+use crate::rng::Rng;
+use crate::train::{fit, TrainSpec};
+
+const CACHE_VERSION: &str = "analysis-v2";
+
+/// What every analysis shares: where results go, which test images, how to batch.
+#[derive(Debug, Clone)]
+pub struct AnalysisCtx {
+    /// `analyses/<study>/out`: tables and the cache.
+    pub out: PathBuf,
+    /// Test images: the same seeded subset of this size that training-time evaluation and `covf eval` use.
+    pub n: usize,
+    pub batch_size: usize,
+    /// Seed of the attacks' and generators' random draws.
+    pub seed: u64,
+    /// Recompute even when a cached result exists.
+    pub force: bool,
+    pub quiet: bool,
+    pub data_dir: Option<PathBuf>,
+    pub device: Device,
+}
+
+impl AnalysisCtx {
+    pub fn cache(&self, analysis: &str) -> cache::Cache {
+        cache::Cache::new(&self.out.join("cache").join(analysis), self.force)
+    }
+
+    pub fn progress(&self, len: usize, label: String) -> ProgressBar {
+        if self.quiet {
+            return ProgressBar::hidden();
+        }
+        let pb = ProgressBar::new(len as u64);
+        if let Ok(style) = ProgressStyle::with_template("{prefix:>36} [{bar:30}] {pos}/{len} {elapsed_precise}") {
+            pb.set_style(style.progress_chars("=> "));
+        }
+        pb.set_prefix(label);
+        pb
+    }
+
+    /// The test subset of a run's dataset.
+    pub fn test_set(&self, spec: &TrainSpec) -> Result<Dataset> {
+        crate::eval::test_set(spec, self.data_dir.as_deref(), self.n)
+    }
+
+    /// Parameters every cached unit depends on, and the version of the analyses' definitions (bumped
+    /// whenever what a cached number means changes, so stale entries are never read back).
+    pub fn key_parts(&self) -> String {
+        format!(
+            "{CACHE_VERSION} n={} seed={} batch={}",
+            self.n, self.seed, self.batch_size
+        )
+    }
+}
+
+/// One checkpoint of one run: the unit most analyses iterate over.
+#[derive(Debug, Clone)]
+pub struct EpochRef {
+    pub run: RunDir,
+    pub spec: TrainSpec,
+    pub epoch: usize,
+}
+
+impl EpochRef {
+    pub fn new(run: &RunDir, epoch: usize) -> Result<EpochRef> {
+        let spec = run.read_spec()?;
+        let e = EpochRef {
+            run: run.clone(),
+            spec,
+            epoch,
+        };
+        if !e.path().is_file() {
+            return Err(CovfError::run(
+                &run.name,
+                format!(
+                    "has no checkpoint for epoch {epoch} ({} is missing)",
+                    e.path().display()
+                ),
+            ));
+        }
+        Ok(e)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.run.epoch_path(self.epoch)
+    }
+
+    /// `run@epoch`, how tables name a checkpoint.
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.run.name, self.epoch)
+    }
+
+    /// The model, weight-detached (analyses only need input gradients), and the checkpoint metadata.
+    pub fn load(&self, dev: &Device) -> Result<(PreActResNet, crate::checkpoint::Checkpoint)> {
+        let (m, ck) = fit::load_model(&self.spec, &self.path(), dev)?;
+        Ok((m.detached(), ck))
+    }
+
+    pub fn content_hash(&self) -> Result<String> {
+        cache::file_hash(&self.path())
+    }
+}
+
+/// Every epoch checkpoint of a run, oldest first (an error if it has none).
+pub fn all_epochs(run: &RunDir) -> Result<Vec<EpochRef>> {
+    let epochs = run.epochs()?;
+    if epochs.is_empty() {
+        return Err(CovfError::run(&run.name, "has no epoch checkpoint yet"));
+    }
+    epochs.into_iter().map(|e| EpochRef::new(run, e)).collect()
+}
+
+/// Per-example correctness (1/0) and cross-entropy of `model` at `x`, BN in eval mode.
+pub fn per_sample(model: &dyn Classifier, x: &Tensor, y: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
+    let z = model.logits(x, Mode::EVAL)?.detach();
+    Ok((correct_mask(&z, y)?.to_vec1()?, per_sample_ce(&z, y)?.to_vec1()?))
+}
+
+/// Adversarial (or noisy) inputs x + δ for a whole dataset, batch by batch, with δ from `attack` on `model`.
+pub fn perturbed_batches(
+    model: &dyn Classifier,
+    attack: &dyn Attack,
+    ds: &Dataset,
+    ctx: &AnalysisCtx,
+    rng: &mut Rng,
+    pb: &ProgressBar,
+) -> Result<Vec<(Tensor, Tensor)>> {
+    let positions: Vec<usize> = (0..ds.len()).collect();
+    let mut out = Vec::new();
+    for chunk in positions.chunks(ctx.batch_size.max(1)) {
+        let b = ds.batch(chunk, None, &ctx.device)?;
+        let p = attack.perturb(model, &b.x, &b.y, &mut AttackCtx { mode: Mode::EVAL, rng })?;
+        out.push(((&b.x + &p.delta)?.detach(), b.y));
+        pb.inc(1);
+    }
+    Ok(out)
+}
+
+/// Mean of a slice (NaN when empty).
+pub fn mean(v: &[f32]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.iter().map(|&a| f64::from(a)).sum::<f64>() / v.len() as f64
+}
+
+/// The q-quantile (0 ≤ q ≤ 1) of `v` by linear interpolation between order statistics (NaN when empty).
+pub fn quantile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let pos = q.clamp(0.0, 1.0) * (s.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    s[lo] + (s[hi] - s[lo]) * (pos - lo as f64)
+}
+
+/// Population standard deviation (NaN when empty).
+pub fn std_dev(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    (v.iter().map(|a| (a - m) * (a - m)).sum::<f64>() / v.len() as f64).sqrt()
+}
+
+/// `analyses/<study>/out` for a study given by name (under `analyses/`) or as a directory path.
+pub fn study_out(study: &str) -> Result<PathBuf> {
+    let p = Path::new(study);
+    let dir = if p.components().count() > 1 || p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        crate::train::spec::validate_run_name(study).map_err(|_| {
+            CovfError::spec(
+                "study",
+                format!("'{study}': a study name is letters, digits, '.', '_' and '-' (or give a directory)"),
+            )
+        })?;
+        Path::new("analyses").join(study)
+    };
+    Ok(dir.join("out"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_and_spread_by_hand() {
+        let v = [4.0, 1.0, 3.0, 2.0, 5.0];
+        assert_eq!(quantile(&v, 0.0), 1.0);
+        assert_eq!(quantile(&v, 0.5), 3.0);
+        assert_eq!(quantile(&v, 1.0), 5.0);
+        // Position 0.1·4 = 0.4 between 1 and 2.
+        assert!((quantile(&v, 0.1) - 1.4).abs() < 1e-12);
+        // Mean 3, squared deviations 4+1+0+1+4 = 10 over 5.
+        assert!((std_dev(&v) - 2f64.sqrt()).abs() < 1e-12);
+        assert!(quantile(&[], 0.5).is_nan());
+        assert!((mean(&[1.0, 2.0]) - 1.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn studies_by_name_or_directory() {
+        assert_eq!(study_out("paper").unwrap(), Path::new("analyses/paper/out"));
+        assert_eq!(study_out("x/y").unwrap(), Path::new("x/y/out"));
+        assert!(study_out("..").is_err());
+    }
+}

@@ -1,0 +1,131 @@
+//! `covf analyze transfer`: transfer strength S_i(A) = Acc(θ_ref, f_A(θ_A^(i), ·)) (Figure 2a): the
+//! perturbations method A's own generator makes on its epoch-i checkpoint, evaluated on a separately
+//! trained reference model (by default the last epoch of the PGD-10 run). Lower is stronger; the random
+//! baseline (random signs of the same ε on the reference) sits beside every row, because the paper's
+//! claim is that at the CO epoch the perturbation becomes no stronger than that.
+
+use serde::{Deserialize, Serialize};
+
+use super::generator::Generator;
+use super::random::{self, NoiseKind};
+use super::tidy::{Cell, Kind, TidyRow};
+use super::{cache, mean, per_sample, perturbed_batches, AnalysisCtx, EpochRef};
+use crate::error::{CovfError, Result};
+use crate::rng::Rng;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransferRow {
+    pub run: String,
+    pub method: String,
+    pub epoch: u64,
+    /// The generator as run, e.g. `step(a=0.15,start=0)`.
+    pub generator: String,
+    pub reference: String,
+    pub eps: f64,
+    pub n: u64,
+    /// S_i(A): the reference's accuracy on x + f_A(θ_A^(i), x, y).
+    pub acc_ref: f64,
+    /// The reference's mean cross-entropy there.
+    pub loss_ref: f64,
+    /// θ_A^(i)'s own accuracy on its perturbations (white-box).
+    pub acc_self: f64,
+    /// The reference's accuracy under random signs of the same ε.
+    pub random_acc: f64,
+}
+
+impl TidyRow for TransferRow {
+    fn schema() -> &'static [(&'static str, Kind)] {
+        &[
+            ("run", Kind::Str),
+            ("method", Kind::Str),
+            ("epoch", Kind::U64),
+            ("generator", Kind::Str),
+            ("reference", Kind::Str),
+            ("eps", Kind::F64),
+            ("n", Kind::U64),
+            ("acc_ref", Kind::F64),
+            ("loss_ref", Kind::F64),
+            ("acc_self", Kind::F64),
+            ("random_acc", Kind::F64),
+        ]
+    }
+
+    fn cells(&self) -> Vec<Cell> {
+        vec![
+            Cell::Str(self.run.clone()),
+            Cell::Str(self.method.clone()),
+            Cell::U64(Some(self.epoch)),
+            Cell::Str(self.generator.clone()),
+            Cell::Str(self.reference.clone()),
+            Cell::F64(self.eps),
+            Cell::U64(Some(self.n)),
+            Cell::F64(self.acc_ref),
+            Cell::F64(self.loss_ref),
+            Cell::F64(self.acc_self),
+            Cell::F64(self.random_acc),
+        ]
+    }
+}
+
+/// Checks that the reference can take the run's perturbations: same dataset (hence shape and classes).
+pub fn check_compatible(reference: &EpochRef, a: &EpochRef) -> Result<()> {
+    if reference.spec.dataset != a.spec.dataset {
+        return Err(CovfError::spec(
+            "reference",
+            format!(
+                "{} was trained on {}, run {} on {}: perturbations only transfer between models of the same dataset",
+                reference.label(),
+                reference.spec.dataset.name(),
+                a.run.name,
+                a.spec.dataset.name()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// S_i(A) for one checkpoint (cached by both checkpoints' content).
+pub fn one(ctx: &AnalysisCtx, reference: &EpochRef, a: &EpochRef) -> Result<TransferRow> {
+    check_compatible(reference, a)?;
+    let eps = a.spec.eps.value;
+    let random_acc = random::baseline(ctx, reference, NoiseKind::Sign, eps)?.accuracy;
+    let key = cache::key(&[&a.content_hash()?, &reference.content_hash()?, &ctx.key_parts()]);
+    ctx.cache("transfer").get_or(&key, || {
+        let ds = ctx.test_set(&a.spec)?;
+        let (model_a, ck) = a.load(&ctx.device)?;
+        let (model_ref, _) = reference.load(&ctx.device)?;
+        let generator = Generator::for_run(&a.spec, &ck)?;
+        let pb = ctx.progress(
+            ds.len().div_ceil(ctx.batch_size.max(1)),
+            format!("transfer {} → {}", a.label(), reference.run.name),
+        );
+        let mut rng = Rng::derive(ctx.seed, "transfer", a.epoch as u64);
+        let batches = perturbed_batches(&model_a, &generator, &ds, ctx, &mut rng, &pb)?;
+        pb.finish_and_clear();
+        let (mut ok_ref, mut loss_ref, mut ok_self) = (Vec::new(), Vec::new(), Vec::new());
+        for (x, y) in &batches {
+            let (c, l) = per_sample(&model_ref, x, y)?;
+            ok_ref.extend(c);
+            loss_ref.extend(l);
+            ok_self.extend(per_sample(&model_a, x, y)?.0);
+        }
+        Ok(TransferRow {
+            run: a.run.name.clone(),
+            method: a.spec.method.label(),
+            epoch: a.epoch as u64,
+            generator: generator.describe(),
+            reference: reference.label(),
+            eps: f64::from(eps),
+            n: ds.len() as u64,
+            acc_ref: mean(&ok_ref),
+            loss_ref: mean(&loss_ref),
+            acc_self: mean(&ok_self),
+            random_acc,
+        })
+    })
+}
+
+/// Every given checkpoint against the reference.
+pub fn run(ctx: &AnalysisCtx, reference: &EpochRef, checkpoints: &[EpochRef]) -> Result<Vec<TransferRow>> {
+    checkpoints.iter().map(|a| one(ctx, reference, a)).collect()
+}

@@ -1,0 +1,428 @@
+//! `covf analyze`: flags -> the runs, epochs and reference an analysis needs, then the analysis; each
+//! writes its tidy table under `analyses/<study>/out/` and prints a short summary.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+
+use covf::analysis::co::CoCriteria;
+use covf::analysis::{self, tidy, AnalysisCtx, EpochRef};
+use covf::checkpoint::RunDir;
+use covf::device::parse_device;
+use covf::train::Eps;
+use covf::CovfError;
+
+use super::eval::{resolve, select_epochs};
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Study name (outputs in analyses/<name>/out) or a study directory.
+    #[arg(long, default_value = "adhoc")]
+    pub study: String,
+    /// Runs to analyse (names under --checkpoints, or run directories) [default: every run there].
+    #[arg(long, num_args = 1.., value_name = "RUN")]
+    pub runs: Vec<String>,
+    /// Epochs of each run: all, last, or a list such as 1,2,4.
+    #[arg(long, default_value = "all")]
+    pub epochs: String,
+    /// Test images (the same seeded subset as training-time evaluation and `covf eval`).
+    #[arg(long, default_value_t = 1000)]
+    pub n: usize,
+    #[arg(long, default_value_t = 250)]
+    pub batch_size: usize,
+    /// Seed of the generators' and attacks' random starts.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Recompute even what the cache holds.
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long)]
+    pub quiet: bool,
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RefArg {
+    /// Reference model: RUN (its last epoch), RUN@EPOCH or an epoch checkpoint file [default: the last
+    /// epoch of the PGD-10 run on the runs' dataset].
+    #[arg(long = "ref", value_name = "RUN[@EPOCH]")]
+    pub reference: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GapB {
+    /// The stronger attack B of the gap: pgd10 or pgd20 (any pgdN).
+    #[arg(long = "ref", default_value = "pgd10", value_name = "pgdN")]
+    pub attack_b: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AnalyzeCmd {
+    /// Transfer strength S_i(A): each epoch's own perturbations evaluated on a reference model, with the
+    /// random-noise baseline (Figure 2a).
+    #[command(
+        after_help = "Example:\n  covf analyze transfer --runs fgsm-fmnist-preact-tiny-eps0.15-s0 --study paper"
+    )]
+    Transfer {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        reference: RefArg,
+    },
+    /// Strength gap G_B,i(A) = L(δ_A) − L(δ_B) per epoch (Figures 2b, 5c).
+    #[command(after_help = "Example:\n  covf analyze gap --ref pgd20 --runs RUN_A RUN_B")]
+    Gap {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        b: GapB,
+    },
+    /// Accuracy of the reference model under random noise of radius ε (signs and uniform).
+    Random {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        reference: RefArg,
+        /// Noise radius [default: the reference run's training ε].
+        #[arg(long)]
+        eps: Option<String>,
+    },
+    /// APART's learned step sizes per epoch and layer (Figure 3).
+    Steps {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Training accuracy and test clean / PGD-10 / PGD-20 accuracy per epoch (Figures 1b, 5a-b).
+    Curves {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Per run: the CO epoch, the perturbation-deterioration epoch, and whether they coincide.
+    #[command(
+        after_help = "Example:\n  covf analyze co --runs fgsm-fmnist-preact-tiny-eps0.15-s0 pgd10-fmnist-preact-tiny-eps0.15-s0"
+    )]
+    Co {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        reference: RefArg,
+        /// Stronger attack of the gap.
+        #[arg(long, default_value = "pgd10", value_name = "pgdN")]
+        gap_ref: String,
+        /// A fall of test PGD accuracy by at least this fraction from one epoch to the next is CO.
+        #[arg(long, default_value_t = 0.2)]
+        drop: f64,
+        /// A rise of the gap by at least this many nats (and to ≥ --gap-ratio × the previous gap) is a jump.
+        #[arg(long, default_value_t = 1.0)]
+        gap_jump: f64,
+        #[arg(long, default_value_t = 2.0)]
+        gap_ratio: f64,
+        /// Transferred accuracy within this fraction of the random baseline is noise-level.
+        #[arg(long, default_value_t = 0.02)]
+        random_margin: f64,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Outputs: analyses/<study>/out/<analysis>.parquet and .csv (tidy, one row per run and epoch);
+results are cached under out/cache by checkpoint content and parameters, so a rerun is near-free."
+)]
+pub struct AnalyzeArgs {
+    #[command(subcommand)]
+    pub cmd: AnalyzeCmd,
+}
+
+fn ctx(c: &Common) -> Result<AnalysisCtx, CovfError> {
+    if c.n == 0 {
+        return Err(CovfError::spec("--n", "must be at least 1"));
+    }
+    if c.batch_size == 0 {
+        return Err(CovfError::spec("--batch-size", "must be at least 1"));
+    }
+    Ok(AnalysisCtx {
+        out: analysis::study_out(&c.study)?,
+        n: c.n,
+        batch_size: c.batch_size,
+        seed: c.seed,
+        force: c.force,
+        quiet: c.quiet,
+        data_dir: c.data_dir.clone(),
+        device: parse_device(&c.device)?,
+    })
+}
+
+/// The runs named by --runs, or every run under `root` that has a checkpoint.
+fn runs(c: &Common, root: &Path) -> Result<Vec<RunDir>, CovfError> {
+    if c.runs.is_empty() {
+        let all: Vec<RunDir> = covf::runs::list(root)?
+            .into_iter()
+            .filter_map(|s| RunDir::new(root, &s.name).ok())
+            .filter(|r| r.epochs().map(|e| !e.is_empty()).unwrap_or(false))
+            .collect();
+        if all.is_empty() {
+            return Err(CovfError::spec(
+                "--runs",
+                format!("none given and {} holds no run with a checkpoint", root.display()),
+            ));
+        }
+        return Ok(all);
+    }
+    c.runs.iter().map(|r| resolve(r, root).map(|x| x.0)).collect()
+}
+
+fn checkpoints(c: &Common, runs: &[RunDir]) -> Result<Vec<EpochRef>, CovfError> {
+    let mut out = Vec::new();
+    for r in runs {
+        for e in select_epochs(r, &c.epochs)? {
+            out.push(EpochRef::new(r, e)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The reference checkpoint: as given, or the last epoch of the one PGD-10 run on `runs`' dataset.
+fn reference(arg: &RefArg, runs: &[RunDir], root: &Path) -> Result<EpochRef, CovfError> {
+    if let Some(r) = &arg.reference {
+        let (name, epoch) = match r.rsplit_once('@') {
+            Some((n, e)) => (
+                n,
+                Some(e.parse::<usize>().map_err(|_| {
+                    CovfError::spec("--ref", format!("'{r}': expected RUN@EPOCH with a whole epoch number"))
+                })?),
+            ),
+            None => (r.as_str(), None),
+        };
+        let (run, file_epoch) = resolve(name, root)?;
+        let epoch = match epoch.or(file_epoch) {
+            Some(e) => e,
+            None => *run
+                .epochs()?
+                .last()
+                .ok_or_else(|| CovfError::run(&run.name, "has no epoch checkpoint yet"))?,
+        };
+        return EpochRef::new(&run, epoch);
+    }
+    let dataset = runs.first().map(RunDir::read_spec).transpose()?.map(|s| s.dataset);
+    let mut found = Vec::new();
+    for s in covf::runs::list(root)? {
+        let Ok(run) = RunDir::new(root, &s.name) else { continue };
+        let Ok(spec) = run.read_spec() else { continue };
+        if spec.method.label() == "pgd10" && Some(spec.dataset) == dataset && !run.epochs()?.is_empty() {
+            found.push(run);
+        }
+    }
+    match found.as_slice() {
+        [one] => {
+            let last = *one
+                .epochs()?
+                .last()
+                .ok_or_else(|| CovfError::run(&one.name, "has no epoch checkpoint yet"))?;
+            EpochRef::new(one, last)
+        }
+        [] => Err(CovfError::spec(
+            "--ref",
+            "no PGD-10 run on this dataset to use as the reference; train one (covf train --method pgd --steps 10 \
+             --save-every-epoch) or name a checkpoint with --ref RUN[@EPOCH]",
+        )),
+        many => Err(CovfError::spec(
+            "--ref",
+            format!(
+                "several PGD-10 runs could be the reference ({}); choose one with --ref RUN[@EPOCH]",
+                many.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        )),
+    }
+}
+
+fn pgd_steps(s: &str, flag: &str) -> Result<usize, CovfError> {
+    s.trim()
+        .to_ascii_lowercase()
+        .strip_prefix("pgd")
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| CovfError::spec(flag, format!("'{s}': expected pgdN, e.g. pgd10 or pgd20")))
+}
+
+fn pct(x: f64) -> String {
+    if x.is_nan() {
+        "–".into()
+    } else {
+        format!("{:.1}", 100.0 * x)
+    }
+}
+
+fn opt(e: Option<u64>) -> String {
+    e.map_or("–".into(), |e| e.to_string())
+}
+
+pub fn run(a: AnalyzeArgs, root: &Path) -> anyhow::Result<()> {
+    match a.cmd {
+        AnalyzeCmd::Transfer { common, reference: r } => {
+            let ctx = ctx(&common)?;
+            let rs = runs(&common, root)?;
+            let reference = reference(&r, &rs, root)?;
+            let rows = analysis::transfer::run(&ctx, &reference, &checkpoints(&common, &rs)?)?;
+            tidy::write(&ctx.out, "transfer", &rows)?;
+            println!(
+                "transfer strength on {} (accuracy %, lower = stronger)",
+                reference.label()
+            );
+            println!(
+                "{:<44} {:>5} {:>8} {:>8} {:>8}",
+                "run", "epoch", "S_i(A)", "random", "self"
+            );
+            for x in &rows {
+                println!(
+                    "{:<44} {:>5} {:>8} {:>8} {:>8}",
+                    x.run,
+                    x.epoch,
+                    pct(x.acc_ref),
+                    pct(x.random_acc),
+                    pct(x.acc_self)
+                );
+            }
+            eprintln!("wrote {}", ctx.out.join("transfer.parquet").display());
+        }
+        AnalyzeCmd::Gap { common, b } => {
+            let ctx = ctx(&common)?;
+            let steps = pgd_steps(&b.attack_b, "--ref")?;
+            let rows = analysis::gap::run(&ctx, &checkpoints(&common, &runs(&common, root)?)?, steps)?;
+            let name = format!("gap-pgd{steps}");
+            tidy::write(&ctx.out, &name, &rows)?;
+            println!("strength gap to PGD-{steps} (nats; larger = weaker own perturbation)");
+            println!(
+                "{:<44} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                "run", "epoch", "gap", "p10", "p90", "acc A", "acc B"
+            );
+            for x in &rows {
+                println!(
+                    "{:<44} {:>5} {:>8.3} {:>8.3} {:>8.3} {:>8} {:>8}",
+                    x.run,
+                    x.epoch,
+                    x.gap,
+                    x.gap_p10,
+                    x.gap_p90,
+                    pct(x.acc_a),
+                    pct(x.acc_b)
+                );
+            }
+            eprintln!("wrote {}", ctx.out.join(format!("{name}.parquet")).display());
+        }
+        AnalyzeCmd::Random {
+            common,
+            reference: r,
+            eps,
+        } => {
+            let ctx = ctx(&common)?;
+            let rs = if common.runs.is_empty() && r.reference.is_some() {
+                Vec::new()
+            } else {
+                runs(&common, root)?
+            };
+            let reference = reference(&r, &rs, root)?;
+            let e = match eps {
+                Some(s) => Eps::parse(&s)?.value,
+                None => reference.spec.eps.value,
+            };
+            let rows = analysis::random::run(&ctx, &reference, &[e])?;
+            tidy::write(&ctx.out, "random", &rows)?;
+            for x in &rows {
+                println!(
+                    "{} under {} (ε = {}): accuracy {}%, loss {:.3}",
+                    x.reference,
+                    x.noise,
+                    x.eps,
+                    pct(x.accuracy),
+                    x.loss
+                );
+            }
+        }
+        AnalyzeCmd::Steps { common } => {
+            let ctx = ctx(&common)?;
+            let rows = analysis::steps::run(&runs(&common, root)?)?;
+            tidy::write(&ctx.out, "steps", &rows)?;
+            for x in &rows {
+                println!("{:<44} {:>5} {:<8} {:.5}", x.run, x.epoch, x.layer, x.alpha);
+            }
+            if rows.is_empty() {
+                eprintln!("none of these runs learns step sizes (only apart and apart-simple do)");
+            }
+        }
+        AnalyzeCmd::Curves { common } => {
+            let ctx = ctx(&common)?;
+            let rs = runs(&common, root)?;
+            let mut per_run = Vec::new();
+            for r in &rs {
+                per_run.push((r.clone(), checkpoints(&common, std::slice::from_ref(r))?));
+            }
+            let rows = analysis::curves::run(&ctx, &per_run)?;
+            tidy::write(&ctx.out, "curves", &rows)?;
+            println!("{:<44} {:>5} {:<16} {:>7}", "run", "epoch", "metric", "value %");
+            for x in &rows {
+                println!("{:<44} {:>5} {:<16} {:>7}", x.run, x.epoch, x.metric, pct(x.value));
+            }
+        }
+        AnalyzeCmd::Co {
+            common,
+            reference: r,
+            gap_ref,
+            drop,
+            gap_jump,
+            gap_ratio,
+            random_margin,
+        } => {
+            let ctx = ctx(&common)?;
+            for (flag, v) in [
+                ("--drop", drop),
+                ("--gap-jump", gap_jump),
+                ("--random-margin", random_margin),
+            ] {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(CovfError::spec(flag, format!("{v}: must be a finite number ≥ 0")).into());
+                }
+            }
+            if !(gap_ratio.is_finite() && gap_ratio >= 1.0) {
+                return Err(CovfError::spec("--gap-ratio", format!("{gap_ratio}: must be ≥ 1")).into());
+            }
+            let steps = pgd_steps(&gap_ref, "--gap-ref")?;
+            let rs = runs(&common, root)?;
+            let reference = reference(&r, &rs, root)?;
+            let cks = checkpoints(&common, &rs)?;
+            let gaps = analysis::gap::run(&ctx, &cks, steps)?;
+            let transfers = analysis::transfer::run(&ctx, &reference, &cks)?;
+            let crit = CoCriteria {
+                drop,
+                gap_jump,
+                gap_ratio,
+                random_margin,
+            };
+            let rows = analysis::co::run(&rs, &gaps, &transfers, &crit)?;
+            tidy::write(&ctx.out, &format!("gap-pgd{steps}"), &gaps)?;
+            tidy::write(&ctx.out, "transfer", &transfers)?;
+            tidy::write(&ctx.out, "co", &rows)?;
+            println!(
+                "{:<44} {:>4} {:>6} {:>9} {:>10} {:>9}  verdict",
+                "run", "CO", "gap↑", "S≈random", "deterior.", "coincide"
+            );
+            for x in &rows {
+                println!(
+                    "{:<44} {:>4} {:>6} {:>9} {:>10} {:>9}  {}",
+                    x.run,
+                    opt(x.co_epoch),
+                    opt(x.gap_jump_epoch),
+                    opt(x.transfer_random_epoch),
+                    opt(x.deterioration_epoch),
+                    x.coincide.map_or("–".to_string(), |c| c.to_string()),
+                    x.verdict
+                );
+            }
+            eprintln!("wrote {}", ctx.out.join("co.parquet").display());
+        }
+    }
+    Ok(())
+}
