@@ -16,13 +16,13 @@
 //!
 //! BN runs in eval mode, as for every attack in `covf eval`.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
-use crate::attacks::{correct_mask, input_grad, project, sign_step, uniform_start, Attack, AttackCtx, Perturbation};
+use crate::attacks::{input_grad, project, sign_step, uniform_start, Attack, AttackCtx, Perturbation};
 use crate::checkpoint::Checkpoint;
 use crate::error::{CovfError, Result};
 use crate::models::Classifier;
-use crate::train::sfgsm::chosen_fractions;
+use crate::train::sfgsm::cut_at_first_misclassified;
 use crate::train::{MethodSpec, TrainSpec};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -174,17 +174,7 @@ impl Attack for Generator {
             } => {
                 let start = uniform_start(x, eps, ctx.rng)?;
                 let (d, _) = sign_step(model, x, &start, y, alpha, eps, ctx.mode)?;
-                let c = checkpoints.max(1);
-                let mut wrong = Vec::with_capacity(c.saturating_sub(1));
-                for k in 1..c {
-                    let xk = (x + (&d * (k as f64 / c as f64))?)?;
-                    let ok: Vec<f32> = correct_mask(&model.logits(&xk, ctx.mode)?, y)?.to_vec1()?;
-                    wrong.push(ok.iter().map(|&v| v == 0.0).collect());
-                }
-                let n = x.dim(0)?;
-                let frac =
-                    Tensor::from_vec(chosen_fractions(&wrong, n, c), (n, 1, 1, 1), x.device())?.to_dtype(DType::F32)?;
-                d.broadcast_mul(&frac)?
+                cut_at_first_misclassified(model, x, &d, y, checkpoints, ctx.mode)?
             }
         };
         Ok(Perturbation {

@@ -39,6 +39,28 @@ pub fn chosen_fractions(wrong: &[Vec<bool>], n: usize, c: usize) -> Vec<f32> {
         .collect()
 }
 
+/// δ scaled per example to the first of the points x + (k/c)·δ, k = 1 … c − 1, that `model` misclassifies
+/// (checked without gradients), or kept whole when none is.
+pub fn cut_at_first_misclassified(
+    model: &dyn Classifier,
+    x: &Tensor,
+    delta: &Tensor,
+    y: &Tensor,
+    checkpoints: usize,
+    mode: Mode,
+) -> Result<Tensor> {
+    let c = checkpoints.max(1);
+    let mut wrong = Vec::with_capacity(c - 1);
+    for k in 1..c {
+        let xk = (x + (delta * (k as f64 / c as f64))?)?;
+        let ok: Vec<f32> = correct_mask(&model.logits(&xk, mode)?, y)?.to_vec1()?;
+        wrong.push(ok.iter().map(|&v| v == 0.0).collect());
+    }
+    let n = x.dim(0)?;
+    let frac = Tensor::from_vec(chosen_fractions(&wrong, n, c), (n, 1, 1, 1), x.device())?.to_dtype(DType::F32)?;
+    Ok(delta.broadcast_mul(&frac)?)
+}
+
 impl TrainMethod for SfgsmTraining {
     fn name(&self) -> String {
         "sfgsm".into()
@@ -53,16 +75,7 @@ impl TrainMethod for SfgsmTraining {
         let frozen = model.detached();
         let start = uniform_start(x, self.eps, ctx.rng)?;
         let (delta, _) = sign_step(&frozen, x, &start, y, self.alpha, self.eps, Mode::ATTACK)?;
-        let c = self.checkpoints;
-        let mut wrong = Vec::with_capacity(c.saturating_sub(1));
-        for k in 1..c {
-            let xk = (x + (&delta * (k as f64 / c as f64))?)?;
-            let ok: Vec<f32> = correct_mask(&frozen.logits(&xk, Mode::ATTACK)?, y)?.to_vec1()?;
-            wrong.push(ok.iter().map(|&v| v == 0.0).collect());
-        }
-        let n = batch.len();
-        let frac = Tensor::from_vec(chosen_fractions(&wrong, n, c), (n, 1, 1, 1), x.device())?.to_dtype(DType::F32)?;
-        let delta = delta.broadcast_mul(&frac)?;
+        let delta = cut_at_first_misclassified(&frozen, x, &delta, y, self.checkpoints, Mode::ATTACK)?;
         descend(model, batch, &delta, None, ctx)
     }
 }
