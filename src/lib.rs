@@ -8,11 +8,13 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod figures;
 pub mod metrics;
 pub mod models;
 pub mod optim;
 pub mod rng;
 pub mod runs;
+pub mod study;
 pub mod train;
 
 pub use error::{CovfError, Result};

@@ -902,3 +902,160 @@ fn analyze_measures_transfer_gap_curves_steps_and_the_co_verdict_with_a_cache() 
         assert!(text(&o).contains(needle), "{args:?}: {}", text(&o));
     }
 }
+
+#[test]
+fn a_study_trains_analyses_draws_every_figure_and_reruns_from_its_cache() {
+    require_fmnist();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("analyses")).unwrap();
+    let spec = r#"
+[study]
+name = "tiny"
+n = 64
+
+[train]
+save-every-epoch = true
+train-subset = 384
+test-subset = 64
+epochs = 2
+batch-size = 64
+
+[runs.fgsm]
+method = "fgsm"
+
+[runs.pgd10]
+method = "pgd"
+steps = 10
+
+[runs.apart]
+method = "apart"
+
+[analyses]
+reference = "pgd10"
+transfer = ["fgsm", "apart"]
+gap-pgd10 = ["fgsm", "apart", "pgd10"]
+gap-pgd20 = ["apart", "pgd10"]
+curves = ["fgsm", "pgd10", "apart"]
+steps = ["apart"]
+co = ["fgsm", "apart", "pgd10"]
+perturbations = { run = "fgsm", epochs = [1, 2], examples = 2 }
+
+[tradeoff]
+methods = ["fgsm"]
+eps-train = ["0.1", "0.15"]
+
+[figures]
+draw = ["1a", "1b", "2a", "2b", "3", "4", "5"]
+"#;
+    std::fs::write(dir.path().join("analyses/tiny.toml"), spec).unwrap();
+    let o = covf(&["study", "analyses/tiny.toml"], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    // The ε = 0.15 FGSM run of the sweep is the study's own fgsm run, reused.
+    assert!(err.contains("reusing fgsm-fmnist-preact-tiny-eps0.15-s0"), "{err}");
+    let out = dir.path().join("analyses/tiny/out");
+    for t in [
+        "transfer",
+        "gap-pgd10",
+        "gap-pgd20",
+        "curves",
+        "steps",
+        "co",
+        "perturbations",
+        "tradeoff",
+    ] {
+        assert!(
+            out.join(format!("{t}.parquet")).is_file() && out.join(format!("{t}.csv")).is_file(),
+            "{t}"
+        );
+    }
+    // Perturbations: 2 epochs × 2 images × 28 × 28 pixels, every δ within ε.
+    let px = table(&out.join("perturbations.parquet"));
+    assert_eq!(px.height(), 2 * 2 * 28 * 28);
+    assert!(f64s(&px, "delta").iter().all(|d| d.abs() <= 0.15 + 1e-6));
+    // Trade-off: one row per ε_train, accuracies on 64 images, evaluated at the default ε.
+    let tr = table(&out.join("tradeoff.parquet"));
+    assert_eq!(
+        f64s(&tr, "eps_train")
+            .iter()
+            .map(|e| (e * 100.0).round())
+            .collect::<Vec<_>>(),
+        [10.0, 15.0]
+    );
+    assert!(f64s(&tr, "eps_eval").iter().all(|e| (e - 0.15).abs() < 1e-6));
+    for v in f64s(&tr, "clean").iter().chain(&f64s(&tr, "robust")) {
+        assert!((v * 64.0 - (v * 64.0).round()).abs() < 1e-9, "{v}");
+    }
+    let figs = dir.path().join("analyses/tiny/figures");
+    for id in ["1a", "1b", "2a", "2b", "3", "4", "5"] {
+        let png = std::fs::read(figs.join(format!("fig{id}.png"))).unwrap();
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 5_000,
+            "fig{id}.png: {} bytes",
+            png.len()
+        );
+        let svg = std::fs::read_to_string(figs.join(format!("fig{id}.svg"))).unwrap();
+        assert!(svg.contains("<svg"), "fig{id}.svg");
+    }
+    let svg = std::fs::read_to_string(figs.join("fig2a.svg")).unwrap();
+    for label in [
+        "Transfer strength",
+        "Reference accuracy (%",
+        "Random (±ε signs)",
+        "FGSM",
+        "APART",
+    ] {
+        assert!(svg.contains(label), "fig2a.svg lacks {label}");
+    }
+    assert!(std::fs::read_to_string(figs.join("fig4.svg"))
+        .unwrap()
+        .contains("ε=0.1"));
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("study.json")).unwrap()).unwrap();
+    assert_eq!(meta["study"], "tiny");
+    assert!(meta["spec_toml"].as_str().unwrap().contains("[runs.apart]"));
+    assert_eq!(meta["figures"].as_array().unwrap().len(), 14);
+
+    // Rerun: every run reused, every analysis read from the cache, the same tables.
+    let before = std::fs::read_to_string(out.join("gap-pgd10.csv")).unwrap();
+    let o = covf(&["study", "analyses/tiny.toml"], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(err.matches(" reused").count(), 3, "{err}");
+    assert_eq!(std::fs::read_to_string(out.join("gap-pgd10.csv")).unwrap(), before);
+
+    // Figures alone, one at a time, and faults named with exit code 2.
+    let o = covf(
+        &["figures", "--study", "analyses/tiny", "--fig", "2b", "--out", "f2"],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(dir.path().join("f2/fig2b.png").is_file() && !dir.path().join("f2/fig2a.png").exists());
+    for (args, needle) in [
+        (&["figures", "--study", "analyses/tiny", "--fig", "9"][..], "'9'"),
+        (&["figures", "--study", "analyses/none"][..], "analyses/none/out"),
+        (&["study", "analyses/missing.toml"][..], "missing.toml"),
+    ] {
+        let o = covf(args, dir.path());
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(needle), "{args:?}: {}", text(&o));
+    }
+    // A run of the same name trained with other settings is refused, never overwritten.
+    let other = spec.replace("method = \"fgsm\"\n", "method = \"fgsm\"\nlr-max = 0.1\n");
+    std::fs::write(dir.path().join("analyses/other.toml"), other).unwrap();
+    let o = covf(&["study", "analyses/other.toml"], dir.path());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("with other settings"), "{}", text(&o));
+    std::fs::write(
+        dir.path().join("analyses/bad.toml"),
+        spec.replace("steps = 10", "stepz = 10"),
+    )
+    .unwrap();
+    let o = covf(&["study", "analyses/bad.toml"], dir.path());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("runs.pgd10") && text(&o).contains("stepz"),
+        "{}",
+        text(&o)
+    );
+}

@@ -91,19 +91,24 @@ impl Cache {
         serde_json::from_str(&text).ok()
     }
 
-    pub fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
+    /// Stores `value` and returns the stored text.
+    pub fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<String> {
         std::fs::create_dir_all(&self.dir).map_err(|e| CovfError::io(&self.dir, e))?;
-        atomic_write(&self.path(key), serde_json::to_string(value)?.as_bytes())
+        let text = serde_json::to_string(value)?;
+        atomic_write(&self.path(key), text.as_bytes())?;
+        Ok(text)
     }
 
-    /// The cached value for `key`, or `compute()`'s, stored for next time.
+    /// The cached value for `key`, or `compute()`'s, stored for next time. A fresh value is returned as read
+    /// back from what was stored: serde_json's float parsing may differ from the computed f64 in the last
+    /// bit, and a first run must write exactly the tables a cached rerun writes.
     pub fn get_or<T: Serialize + DeserializeOwned>(&self, key: &str, compute: impl FnOnce() -> Result<T>) -> Result<T> {
         if let Some(v) = self.get(key) {
             return Ok(v);
         }
         let v = compute()?;
-        self.put(key, &v)?;
-        Ok(v)
+        let text = self.put(key, &v)?;
+        Ok(serde_json::from_str(&text)?)
     }
 }
 
@@ -146,5 +151,13 @@ mod tests {
         std::fs::write(dir.path().join("c/k2.json"), b"{not json").unwrap();
         let r: Vec<f64> = c.get_or("k2", || Ok(vec![3.0])).unwrap();
         assert_eq!(r, vec![3.0]);
+        // What a first call returns is what every later call reads back, bit for bit.
+        let x = vec![2.4051778502762318f64, 0.1 + 0.2, 1.0 / 3.0];
+        let first: Vec<f64> = c.get_or("k3", || Ok(x.clone())).unwrap();
+        let later: Vec<f64> = c.get_or("k3", || Ok(vec![])).unwrap();
+        assert_eq!(
+            first.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            later.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
     }
 }

@@ -8,9 +8,11 @@ pub mod co;
 pub mod curves;
 pub mod gap;
 pub mod generator;
+pub mod perturbations;
 pub mod random;
 pub mod steps;
 pub mod tidy;
+pub mod tradeoff;
 pub mod transfer;
 
 use std::path::{Path, PathBuf};

@@ -101,6 +101,41 @@ pub enum AnalyzeCmd {
         #[command(flatten)]
         common: Common,
     },
+    /// The run's own perturbations δ of a few test images at chosen epochs, pixel by pixel (Figure 1a).
+    #[command(
+        after_help = "Example:\n  covf analyze perturbations --runs fgsm-fmnist-preact-tiny-eps0.15-s0 --epochs 1,2,3 --examples 4"
+    )]
+    Perturbations {
+        #[command(flatten)]
+        common: Common,
+        /// Test images to keep (the first of the seeded test subset).
+        #[arg(long, default_value_t = 4)]
+        examples: usize,
+    },
+    /// Clean vs PGD accuracy of one run per (method, ε_train), trained when missing (Figure 4).
+    #[command(
+        after_help = "Example:\n  covf analyze tradeoff --methods fgsm,apart --eps-train 0.05,0.1,0.15 --study paper-fmnist\n\n\
+Runs are named as `covf train` names them; an existing run is reused when its settings match."
+    )]
+    Tradeoff {
+        #[command(flatten)]
+        common: Common,
+        /// Training methods (as `covf train --method`; `pgd` takes --train-args "--steps 10").
+        #[arg(long, value_delimiter = ',', required = true)]
+        methods: Vec<String>,
+        /// Training radii, e.g. 2/255,4/255,8/255 or 0.05,0.1.
+        #[arg(long, value_delimiter = ',', required = true)]
+        eps_train: Vec<String>,
+        /// Evaluation radius [default: the dataset's default ε].
+        #[arg(long)]
+        eps_eval: Option<String>,
+        /// Steps of the evaluating PGD.
+        #[arg(long, default_value_t = 20)]
+        pgd_steps: usize,
+        /// Further `covf train` flags for every run, as one string (e.g. "--epochs 4 --train-subset 10000").
+        #[arg(long, default_value = "", allow_hyphen_values = true)]
+        train_args: String,
+    },
     /// Per run: the CO epoch, the perturbation-deterioration epoch, and whether they coincide.
     #[command(
         after_help = "Example:\n  covf analyze co --runs fgsm-fmnist-preact-tiny-eps0.15-s0 pgd10-fmnist-preact-tiny-eps0.15-s0"
@@ -239,6 +274,53 @@ fn reference(arg: &RefArg, runs: &[RunDir], root: &Path) -> Result<EpochRef, Cov
     }
 }
 
+/// `covf train` words shared by every run of a sweep: the user's extra flags plus the sweep's seed, device
+/// and data directory.
+fn base_words(train_args: &str, common: &Common) -> Vec<String> {
+    let mut w: Vec<String> = train_args.split_whitespace().map(str::to_string).collect();
+    w.extend([
+        "--seed".into(),
+        common.seed.to_string(),
+        "--device".into(),
+        common.device.clone(),
+    ]);
+    if let Some(d) = &common.data_dir {
+        w.extend(["--data-dir".into(), d.display().to_string()]);
+    }
+    w.push("--save-every-epoch".into());
+    w
+}
+
+/// One train spec per (method, ε_train), as `covf train` would build it.
+pub fn tradeoff_specs(
+    methods: &[String],
+    eps_train: &[String],
+    train_args: &str,
+    common: &Common,
+) -> Result<Vec<covf::train::TrainSpec>, CovfError> {
+    let mut specs = Vec::new();
+    for m in methods {
+        for e in eps_train {
+            let mut w = vec![
+                "--method".to_string(),
+                m.trim().to_string(),
+                "--eps".into(),
+                e.trim().to_string(),
+            ];
+            w.extend(base_words(train_args, common));
+            let a = super::train::args_from_words(&w, "--train-args")?;
+            specs.push(super::train::to_spec(&a)?);
+        }
+    }
+    Ok(specs)
+}
+
+/// The ε `covf train` would default to for these settings (the evaluation radius of a sweep).
+fn default_eps(train_args: &str, common: &Common) -> Result<f32, CovfError> {
+    let a = super::train::args_from_words(&base_words(train_args, common), "--train-args")?;
+    Ok(super::train::to_spec(&a)?.eps.value)
+}
+
 fn pgd_steps(s: &str, flag: &str) -> Result<usize, CovfError> {
     s.trim()
         .to_ascii_lowercase()
@@ -366,6 +448,56 @@ pub fn run(a: AnalyzeArgs, root: &Path) -> anyhow::Result<()> {
             for x in &rows {
                 println!("{:<44} {:>5} {:<16} {:>7}", x.run, x.epoch, x.metric, pct(x.value));
             }
+        }
+        AnalyzeCmd::Perturbations { common, examples } => {
+            let ctx = ctx(&common)?;
+            let rs = runs(&common, root)?;
+            let rows = analysis::perturbations::run(&ctx, &checkpoints(&common, &rs)?, examples)?;
+            tidy::write(&ctx.out, "perturbations", &rows)?;
+            let mut seen = std::collections::BTreeSet::new();
+            for x in &rows {
+                if seen.insert((x.run.clone(), x.epoch, x.example)) {
+                    println!(
+                        "{:<44} epoch {:>3} example {:>2}: class {} → {} under its own δ",
+                        x.run, x.epoch, x.example, x.label, x.pred_adv
+                    );
+                }
+            }
+            eprintln!("wrote {}", ctx.out.join("perturbations.parquet").display());
+        }
+        AnalyzeCmd::Tradeoff {
+            common,
+            methods,
+            eps_train,
+            eps_eval,
+            pgd_steps,
+            train_args,
+        } => {
+            let ctx = ctx(&common)?;
+            let specs = tradeoff_specs(&methods, &eps_train, &train_args, &common)?;
+            let eps_eval = match eps_eval {
+                Some(s) => Eps::parse(&s)?.value,
+                None => default_eps(&train_args, &common)?,
+            };
+            let rows = analysis::tradeoff::run(&ctx, root, &ctx.device, &specs, eps_eval, pgd_steps)?;
+            tidy::write(&ctx.out, "tradeoff", &rows)?;
+            println!(
+                "{:<44} {:>8} {:>8} {:>8}",
+                "run",
+                "ε_train",
+                "clean",
+                format!("PGD-{pgd_steps}")
+            );
+            for x in &rows {
+                println!(
+                    "{:<44} {:>8} {:>8} {:>8}",
+                    x.run,
+                    covf::figures::data::trim(x.eps_train),
+                    pct(x.clean),
+                    pct(x.robust)
+                );
+            }
+            eprintln!("wrote {}", ctx.out.join("tradeoff.parquet").display());
         }
         AnalyzeCmd::Co {
             common,

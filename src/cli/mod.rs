@@ -3,7 +3,9 @@
 pub mod analyze;
 pub mod bench;
 pub mod eval;
+pub mod figures;
 pub mod runs;
+pub mod study;
 pub mod train;
 
 use std::path::PathBuf;
@@ -41,6 +43,10 @@ pub enum Command {
     Table(eval::TableArgs),
     /// Per-epoch analyses: transfer strength, strength gap, random baselines, curves, step sizes, CO verdict.
     Analyze(analyze::AnalyzeArgs),
+    /// Figures 1–5 (PNG and SVG) from a study's analysis tables.
+    Figures(figures::FiguresArgs),
+    /// A whole study from one TOML file: train the runs, analyse, draw the figures (resumable).
+    Study(study::StudyArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -51,5 +57,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(*a, &cli.checkpoints),
         Command::Table(a) => eval::run_table(a, &cli.checkpoints),
         Command::Analyze(a) => analyze::run(a, &cli.checkpoints),
+        Command::Figures(a) => figures::run(a),
+        Command::Study(a) => study::run(a, &cli.checkpoints),
     }
 }

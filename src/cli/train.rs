@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::{Args, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
 
 use covf::checkpoint::RunDir;
 use covf::data::{Augment, DatasetKind};
@@ -346,6 +346,24 @@ pub fn to_spec(a: &TrainArgs) -> covf::Result<TrainSpec> {
     };
     spec.validate()?;
     Ok(spec)
+}
+
+/// `covf train`'s flags on their own, to read train settings that come from elsewhere (a study file,
+/// `analyze tradeoff --train-args`) exactly as the command line would.
+#[derive(Debug, Parser)]
+#[command(name = "train settings", no_binary_name = true)]
+struct TrainOnly {
+    #[command(flatten)]
+    args: TrainArgs,
+}
+
+/// Train flags given as words (`["--method", "fgsm", "--eps", "0.1"]`) → the spec `covf train` would build.
+pub fn args_from_words(words: &[String], what: &str) -> covf::Result<TrainArgs> {
+    TrainOnly::try_parse_from(words).map(|t| t.args).map_err(|e| {
+        let msg = e.to_string();
+        let first = msg.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+        CovfError::spec(what, format!("{first} (in: {})", words.join(" ")))
+    })
 }
 
 pub fn run(a: TrainArgs, root: &Path) -> anyhow::Result<()> {

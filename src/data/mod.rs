@@ -65,6 +65,40 @@ impl DatasetKind {
         }
     }
 
+    /// The name of class `k` as the dataset's documentation gives it (CIFAR-100 and MNIST: the number).
+    pub fn class_name(self, k: u64) -> String {
+        const FMNIST: [&str; 10] = [
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ];
+        const CIFAR10: [&str; 10] = [
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ];
+        let named = match self {
+            DatasetKind::FashionMnist => FMNIST.get(k as usize),
+            DatasetKind::Cifar10 => CIFAR10.get(k as usize),
+            _ => None,
+        };
+        named.map_or_else(|| k.to_string(), |s| s.to_string())
+    }
+
     pub fn num_classes(self) -> usize {
         match self {
             DatasetKind::Cifar100 => 100,
@@ -347,6 +381,16 @@ pub fn load(kind: DatasetKind, dir: Option<&Path>) -> Result<(Dataset, Dataset)>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn class_names_follow_the_datasets_label_order() {
+        assert_eq!(DatasetKind::FashionMnist.class_name(0), "T-shirt/top");
+        assert_eq!(DatasetKind::FashionMnist.class_name(9), "Ankle boot");
+        assert_eq!(DatasetKind::Cifar10.class_name(3), "cat");
+        assert_eq!(DatasetKind::Mnist.class_name(7), "7");
+        assert_eq!(DatasetKind::Cifar100.class_name(42), "42");
+        assert_eq!(DatasetKind::FashionMnist.class_name(10), "10");
+    }
 
     fn toy(n: usize) -> Dataset {
         let images = (0..n * 784).map(|i| (i % 256) as u8).collect();

@@ -143,6 +143,59 @@ fn co_probe(model: &PreActResNet, batch: &Batch, spec: &TrainSpec, epoch: usize)
     Ok(correct(&logits, &batch.y)? as f64 / batch.len().max(1) as f64)
 }
 
+/// What `fit_or_reuse` did with a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// The run was complete with the same settings: nothing trained.
+    Reused,
+    /// A partial run with the same settings was continued.
+    Resumed,
+    Trained,
+}
+
+/// The settings that decide what a run learns: the spec without where it ran and which epochs it kept.
+fn same_training(a: &TrainSpec, b: &TrainSpec) -> bool {
+    let norm = |s: &TrainSpec| TrainSpec {
+        device: String::new(),
+        data_dir: None,
+        save_every_epoch: false,
+        ..s.clone()
+    };
+    norm(a) == norm(b)
+}
+
+/// Makes sure `root/<spec.name>` holds the finished run `spec` describes: reuses a complete run with the
+/// same settings, resumes a partial one, trains a missing one. A run of that name trained with other
+/// settings is an error (never overwritten): studies and sweeps must not silently mix two experiments.
+pub fn fit_or_reuse(spec: &TrainSpec, root: &Path, dev: &Device, quiet: bool) -> Result<(RunDir, Reuse)> {
+    let run = RunDir::new(root, &spec.name)?;
+    let mut how = Reuse::Trained;
+    if run.exists() {
+        let stored = run.read_spec()?;
+        if !same_training(&stored, spec) {
+            return Err(CovfError::run(
+                &spec.name,
+                format!(
+                    "exists in {} with other settings than asked for (see its run.json); give this one another \
+                     name or remove the old run",
+                    run.path.display()
+                ),
+            ));
+        }
+        if run.epochs()?.last() == Some(&spec.epochs) {
+            return Ok((run, Reuse::Reused));
+        }
+        how = Reuse::Resumed;
+    }
+    let opts = FitOptions {
+        quiet,
+        resume: how == Reuse::Resumed,
+        force: false,
+    };
+    let summary = fit(spec, root, dev, &opts)?;
+    Ok((summary.run, how))
+}
+
 /// Trains `spec` into `root/<spec.name>`, checkpointing every epoch (or only the last), and returns the metrics.
 pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Result<FitSummary> {
     spec.validate()?;

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 
-pub use fit::{fit, FitOptions, FitSummary};
+pub use fit::{fit, fit_or_reuse, FitOptions, FitSummary, Reuse};
 pub use spec::{ApartConfig, EpochEvalSpec, Eps, MethodSpec, TrainSpec};
 
 use crate::attacks::{correct, per_sample_ce, Attack, AttackCtx};

@@ -1,0 +1,357 @@
+//! `covf study analyses/<name>.toml`: the study file (TOML) → a validated `StudySpec`, then the study.
+//! Run settings in the file are `covf train` flags written as TOML keys (`steps = 10` is `--steps 10`,
+//! `save-every-epoch = true` is `--save-every-epoch`), read by the same parser as the command line, so a
+//! study accepts every train flag with the same defaults and the same checks.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+
+use covf::analysis::co::CoCriteria;
+use covf::device::parse_device;
+use covf::study::{PerturbationSpec, StudyRun, StudySpec, TradeoffSpec};
+use covf::train::{Eps, TrainSpec};
+use covf::CovfError;
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  covf study analyses/paper-fmnist.toml\n\n\
+The file names the runs to train (reused when they exist with the same settings, resumed when partial),
+the analyses to run on them and the figures to draw; outputs go to analyses/<name>/out and
+analyses/<name>/figures, with study.json recording what was done. Rerunning continues an interrupted study.
+The format is described in docs/study.md.")]
+pub struct StudyArgs {
+    /// The study file.
+    pub file: PathBuf,
+    /// cpu, cuda or cuda:N (every run's training and the analyses).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Where the study's directory goes [default: beside the file: <dir of file>/<name>].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    study: Header,
+    #[serde(default)]
+    train: toml::Table,
+    runs: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    analyses: Analyses,
+    tradeoff: Option<Tradeoff>,
+    #[serde(default)]
+    figures: Figures,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Header {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default = "default_n")]
+    n: usize,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default = "default_batch")]
+    batch_size: usize,
+}
+
+fn default_n() -> usize {
+    1000
+}
+fn default_batch() -> usize {
+    250
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Analyses {
+    reference: Option<String>,
+    #[serde(default)]
+    transfer: Vec<String>,
+    #[serde(default)]
+    gap_pgd10: Vec<String>,
+    #[serde(default)]
+    gap_pgd20: Vec<String>,
+    #[serde(default)]
+    curves: Vec<String>,
+    #[serde(default)]
+    steps: Vec<String>,
+    #[serde(default)]
+    co: Vec<String>,
+    perturbations: Option<Perturbations>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Perturbations {
+    run: String,
+    #[serde(default)]
+    epochs: Vec<usize>,
+    #[serde(default = "default_examples")]
+    examples: usize,
+}
+
+fn default_examples() -> usize {
+    4
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Tradeoff {
+    methods: Vec<String>,
+    eps_train: Vec<String>,
+    eps_eval: Option<String>,
+    #[serde(default = "default_pgd")]
+    pgd_steps: usize,
+    /// Train flags for the sweep's runs on top of `[train]`.
+    #[serde(default)]
+    train: toml::Table,
+}
+
+fn default_pgd() -> usize {
+    20
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Figures {
+    #[serde(default)]
+    draw: Vec<String>,
+}
+
+/// A TOML table of train flags → command-line words, in key order.
+fn words(table: &toml::Table, at: &str) -> Result<Vec<String>, CovfError> {
+    let mut w = Vec::new();
+    for (k, v) in table {
+        let flag = format!("--{k}");
+        let scalar = |v: &toml::Value| -> Result<String, CovfError> {
+            match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                toml::Value::Integer(i) => Ok(i.to_string()),
+                toml::Value::Float(f) => Ok(f.to_string()),
+                other => Err(CovfError::spec(
+                    format!("{at}.{k}"),
+                    format!("{other}: expected a string, number or true/false"),
+                )),
+            }
+        };
+        match v {
+            toml::Value::Boolean(true) => w.push(flag),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) => {
+                w.push(flag);
+                w.push(items.iter().map(scalar).collect::<Result<Vec<_>, _>>()?.join(","));
+            }
+            v => {
+                w.push(flag);
+                w.push(scalar(v)?);
+            }
+        }
+    }
+    Ok(w)
+}
+
+/// Merges `over` onto `base` (keys of `over` win).
+fn merged(base: &toml::Table, over: &toml::Table) -> toml::Table {
+    let mut t = base.clone();
+    for (k, v) in over {
+        t.insert(k.clone(), v.clone());
+    }
+    t
+}
+
+fn train_spec(table: &toml::Table, at: &str) -> Result<TrainSpec, CovfError> {
+    let a = super::train::args_from_words(&words(table, at)?, at)?;
+    super::train::to_spec(&a)
+}
+
+/// Parses and validates a study file's text. `dir` is where the study's outputs go.
+pub fn parse(text: &str, path: &Path, dir: Option<PathBuf>) -> Result<StudySpec, CovfError> {
+    let f: File = toml::from_str(text).map_err(|e| CovfError::data(path, format!("not a valid study file: {e}")))?;
+    covf::train::spec::validate_run_name(&f.study.name).map_err(|_| {
+        CovfError::spec(
+            "study.name",
+            format!("'{}': letters, digits, '.', '_' and '-' only", f.study.name),
+        )
+    })?;
+    if f.runs.is_empty() {
+        return Err(CovfError::data(path, "names no runs ([runs.<id>] tables)"));
+    }
+    let mut runs = Vec::new();
+    for (id, table) in &f.runs {
+        let spec = train_spec(&merged(&f.train, table), &format!("runs.{id}"))?;
+        runs.push(StudyRun { id: id.clone(), spec });
+    }
+    let tradeoff = match &f.tradeoff {
+        None => None,
+        Some(t) => {
+            let base = merged(&f.train, &t.train);
+            let mut specs = Vec::new();
+            for m in &t.methods {
+                for e in &t.eps_train {
+                    let mut table = base.clone();
+                    table.insert("method".into(), toml::Value::String(m.clone()));
+                    table.insert("eps".into(), toml::Value::String(e.clone()));
+                    if m == "pgd" && !table.contains_key("steps") {
+                        table.insert("steps".into(), toml::Value::Integer(10));
+                    }
+                    specs.push(train_spec(&table, "tradeoff")?);
+                }
+            }
+            let eps_eval = match &t.eps_eval {
+                Some(s) => Eps::parse(s)?.value,
+                // The dataset's default ε, as `covf train` resolves it for the sweep's settings.
+                None => {
+                    let mut table = base.clone();
+                    table.remove("eps");
+                    train_spec(&table, "tradeoff")?.eps.value
+                }
+            };
+            Some(TradeoffSpec {
+                specs,
+                eps_eval,
+                pgd_steps: t.pgd_steps,
+            })
+        }
+    };
+    let dir = dir.unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).join(&f.study.name));
+    let a = f.analyses;
+    let spec = StudySpec {
+        name: f.study.name.clone(),
+        dir,
+        n: f.study.n,
+        seed: f.study.seed,
+        batch_size: f.study.batch_size,
+        runs,
+        reference: a.reference,
+        transfer: a.transfer,
+        gap_pgd10: a.gap_pgd10,
+        gap_pgd20: a.gap_pgd20,
+        curves: a.curves,
+        steps: a.steps,
+        co: a.co,
+        co_criteria: CoCriteria::default(),
+        perturbations: a.perturbations.map(|p| PerturbationSpec {
+            run: p.run,
+            epochs: p.epochs,
+            examples: p.examples,
+        }),
+        tradeoff,
+        figures: f.figures.draw,
+        source: text.to_string(),
+    };
+    let _ = f.study.description;
+    spec.validate()?;
+    Ok(spec)
+}
+
+pub fn run(a: StudyArgs, root: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&a.file).map_err(|e| CovfError::io(&a.file, e))?;
+    let spec = parse(&text, &a.file, a.out.clone())?;
+    let dev = parse_device(&a.device)?;
+    let summary = covf::study::run(&spec, root, &dev, a.quiet)?;
+    println!(
+        "study {} done in {:.0} s: {} tables in {}, {} figure files in {}",
+        summary.study,
+        summary.seconds,
+        summary.tables.len(),
+        spec.out().display(),
+        summary.figures.len(),
+        spec.figures_dir().display()
+    );
+    for f in &summary.figures {
+        println!("  {f}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMALL: &str = r#"
+[study]
+name = "t"
+n = 100
+
+[train]
+save-every-epoch = true
+train-subset = 512
+epochs = 2
+
+[runs.fgsm]
+method = "fgsm"
+
+[runs.pgd]
+method = "pgd"
+steps = 3
+
+[analyses]
+reference = "pgd"
+transfer = ["fgsm"]
+co = ["fgsm"]
+perturbations = { run = "fgsm", epochs = [1, 2], examples = 2 }
+
+[tradeoff]
+methods = ["fgsm"]
+eps-train = ["0.1", "0.2"]
+
+[figures]
+draw = ["1a", "2a"]
+"#;
+
+    #[test]
+    fn a_study_file_becomes_train_specs_like_the_command_line_builds() {
+        let s = parse(SMALL, Path::new("analyses/t.toml"), None).unwrap();
+        assert_eq!(s.dir, Path::new("analyses/t"));
+        assert_eq!(s.n, 100);
+        let ids: Vec<&str> = s.runs.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["fgsm", "pgd"]);
+        let pgd = &s.runs[1].spec;
+        assert_eq!(pgd.name, "pgd3-fmnist-preact-tiny-eps0.15-s0");
+        assert_eq!(
+            (pgd.epochs, pgd.train_subset, pgd.save_every_epoch),
+            (2, Some(512), true)
+        );
+        let t = s.tradeoff.as_ref().unwrap();
+        let eps: Vec<f32> = t.specs.iter().map(|x| x.eps.value).collect();
+        assert_eq!(eps, [0.1, 0.2]);
+        // Evaluation ε defaults to the dataset's, as `covf train` would pick it.
+        assert_eq!(t.eps_eval, 0.15);
+        assert_eq!(s.perturbations.as_ref().unwrap().epochs, [1, 2]);
+    }
+
+    #[test]
+    fn toml_values_become_flags() {
+        let t: toml::Table = toml::from_str("a = true\nb = false\nc = 3\nd = \"x\"\ne = [1, 2]\nf = 0.5").unwrap();
+        assert_eq!(
+            words(&t, "x").unwrap(),
+            ["--a", "--c", "3", "--d", "x", "--e", "1,2", "--f", "0.5"]
+        );
+        let bad: toml::Table = toml::from_str("a = { b = 1 }").unwrap();
+        assert!(words(&bad, "x").is_err());
+    }
+
+    #[test]
+    fn bad_studies_are_refused_with_the_place_at_fault() {
+        let unknown_run = SMALL.replace("transfer = [\"fgsm\"]", "transfer = [\"nope\"]");
+        let e = parse(&unknown_run, Path::new("t.toml"), None).unwrap_err().to_string();
+        assert!(e.contains("'nope' is not a run"), "{e}");
+        let bad_flag = SMALL.replace("steps = 3", "stepz = 3");
+        let e = parse(&bad_flag, Path::new("t.toml"), None).unwrap_err().to_string();
+        assert!(e.contains("runs.pgd") && e.contains("stepz"), "{e}");
+        let e = parse("[study]\nname = \"x\"\n", Path::new("t.toml"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("t.toml"), "{e}");
+        let unknown_key = SMALL.replace("n = 100", "n = 100\nfoo = 1");
+        assert!(parse(&unknown_key, Path::new("t.toml"), None).is_err());
+    }
+}
