@@ -42,6 +42,37 @@ pub fn marker_outline(i: usize, r: f64) -> Vec<(i32, i32)> {
     }
 }
 
+/// The corner whose box (outer 40% of the width, 30% of the height) holds the fewest points, reference lines
+/// sampled along their length, so the legend covers as little data as possible; ties prefer the top.
+fn legend_corner(c: &LineChart, (x0, x1): (f64, f64), (y0, y1): (f64, f64)) -> SeriesLabelPosition {
+    let mut pts: Vec<(f64, f64)> = Vec::new();
+    for s in &c.series {
+        for w in s.points.windows(2) {
+            for k in 0..10 {
+                let t = k as f64 / 10.0;
+                pts.push((w[0].0 + t * (w[1].0 - w[0].0), w[0].1 + t * (w[1].1 - w[0].1)));
+            }
+        }
+        pts.extend(s.points.iter().copied());
+    }
+    let norm = |(x, y): (f64, f64)| ((x - x0) / (x1 - x0).max(1e-12), (y - y0) / (y1 - y0).max(1e-12));
+    let count = |right: bool, top: bool| {
+        pts.iter()
+            .map(|&p| norm(p))
+            .filter(|&(x, y)| (if right { x > 0.6 } else { x < 0.4 }) && (if top { y > 0.7 } else { y < 0.3 }))
+            .count()
+    };
+    [
+        (count(true, true), SeriesLabelPosition::UpperRight),
+        (count(false, true), SeriesLabelPosition::UpperLeft),
+        (count(true, false), SeriesLabelPosition::LowerRight),
+        (count(false, false), SeriesLabelPosition::LowerLeft),
+    ]
+    .into_iter()
+    .min_by_key(|(n, _)| *n)
+    .map_or(SeriesLabelPosition::UpperRight, |(_, p)| p)
+}
+
 pub fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, c: &LineChart) -> Result<()> {
     let here = std::path::Path::new(&c.title);
     let e = |err: DrawingAreaErrorKind<DB::ErrorType>| plot_err(here, err);
@@ -50,8 +81,18 @@ pub fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, c: &LineChart) ->
         let (lo, hi) = span(pts().map(|p| p.0), 0.0, None);
         (lo - 0.3, hi + 0.3)
     } else {
-        span(pts().map(|p| p.0), 0.08, None)
+        // Room on the right for the point labels.
+        let (lo, hi) = span(pts().map(|p| p.0), 0.08, None);
+        (lo, hi + 0.1 * (hi - lo))
     };
+    let x_digits = if x1 - x0 >= 8.0 {
+        0
+    } else if x1 - x0 >= 0.8 {
+        1
+    } else {
+        3
+    };
+    let x_fmt = move |v: &f64| format!("{v:.x_digits$}");
     let floor = pts().all(|p| p.1 >= 0.0).then_some(0.0);
     let (y0, y1) = span(pts().map(|p| p.1), 0.08, floor);
     // Headroom for the legend, so it never hides a point.
@@ -89,6 +130,8 @@ pub fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, c: &LineChart) ->
     if c.integer_x {
         let n = (x1 - x0).round().max(1.0) as usize;
         mesh.x_labels(n.min(12) + 1).x_label_formatter(&whole);
+    } else {
+        mesh.x_label_formatter(&x_fmt);
     }
     mesh.draw().map_err(e)?;
 
@@ -166,7 +209,7 @@ pub fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, c: &LineChart) ->
         .label_font((FONT, TICK_PT))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.3))
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend_corner(c, (x0, x1), (y0, y1)))
         .draw()
         .map_err(e)?;
     Ok(())

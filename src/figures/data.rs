@@ -131,7 +131,7 @@ fn group(keys: &[(String, String)], xs: &[f64], ys: &[f64]) -> Vec<Group> {
 /// Series labels: the method's display name, plus the run name when a method has several runs.
 fn labelled(groups: Vec<Group>, scale: f64) -> Vec<Series> {
     let methods: Vec<String> = groups.iter().map(|g| g.1.clone()).collect();
-    groups
+    let mut series: Vec<Series> = groups
         .iter()
         .map(|(run, method, pts)| {
             let dup = methods.iter().filter(|m| *m == method).count() > 1;
@@ -147,7 +147,10 @@ fn labelled(groups: Vec<Group>, scale: f64) -> Vec<Series> {
                 point_labels: Vec::new(),
             }
         })
-        .collect()
+        .collect();
+    // Legends list methods in the same order in every figure.
+    series.sort_by_key(|s| s.style);
+    series
 }
 
 impl StudyTables {
@@ -332,10 +335,22 @@ impl StudyTables {
             f64s(&df, "alpha", &p)?,
         );
         let several = runs.iter().any(|r| Some(r) != runs.first());
+        let name = |l: &str| match l {
+            "input" => "input (α1)".to_string(),
+            "init" => "init scale (αω)".to_string(),
+            b => b
+                .strip_prefix("block")
+                .map_or(b.to_string(), |k| format!("block {k} input")),
+        };
         let keys: Vec<(String, String)> = runs
             .iter()
             .zip(&layer)
-            .map(|(r, l)| (if several { format!("{l} ({r})") } else { l.clone() }, String::new()))
+            .map(|(r, l)| {
+                (
+                    if several { format!("{} ({r})", name(l)) } else { name(l) },
+                    String::new(),
+                )
+            })
             .collect();
         let xs: Vec<f64> = ep.iter().map(|&e| e as f64).collect();
         let series = group(&keys, &xs, &alpha)
@@ -393,6 +408,7 @@ impl StudyTables {
                 point_labels: pts.iter().map(|p| format!("ε={}", trim(p.0))).collect(),
             });
         }
+        series.sort_by_key(|s| s.style);
         Ok(LineChart {
             title: format!(
                 "Clean vs robust accuracy (PGD-{}, ε = {})",
