@@ -329,6 +329,39 @@ draw = ["1a", "2a"]
     }
 
     #[test]
+    fn the_shipped_default_study_is_valid_and_reuses_the_default_runs() {
+        let text = include_str!("../../analyses/paper-fmnist.toml");
+        let s = parse(text, Path::new("analyses/paper-fmnist.toml"), None).unwrap();
+        assert_eq!(s.dir, Path::new("analyses/paper-fmnist"));
+        let names: Vec<&str> = s.runs.iter().map(|r| r.spec.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "apart-fmnist-preact-tiny-eps0.15-s0",
+                "apart-simple-fmnist-preact-tiny-eps0.15-s0",
+                "fgsm-fmnist-preact-tiny-eps0.15-s0",
+                "pgd10-fmnist-preact-tiny-eps0.15-s0",
+            ]
+        );
+        // The sweep's ε = 0.15 runs are exactly the study's own runs (so they are reused, not retrained).
+        let t = s.tradeoff.as_ref().unwrap();
+        assert_eq!(t.specs.len(), 4);
+        for r in &s.runs {
+            if let Some(same) = t.specs.iter().find(|x| x.name == r.spec.name) {
+                assert_eq!(same, &r.spec);
+            }
+        }
+        assert_eq!(
+            t.specs
+                .iter()
+                .filter(|x| s.runs.iter().any(|r| r.spec.name == x.name))
+                .count(),
+            2
+        );
+        assert_eq!(s.figures.len(), 7);
+    }
+
+    #[test]
     fn toml_values_become_flags() {
         let t: toml::Table = toml::from_str("a = true\nb = false\nc = 3\nd = \"x\"\ne = [1, 2]\nf = 0.5").unwrap();
         assert_eq!(
