@@ -102,7 +102,7 @@ pub fn draw_a<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, g: &Perturbatio
         }
     }
     // Colour bar: δ from −ε (bottom) to +ε (top).
-    let (bw, bh) = bar.dim_in_pixel();
+    let (_, bh) = bar.dim_in_pixel();
     let (x, y_top, y_bot) = (16, 40i32, bh as i32 - 30);
     let steps = 64;
     for i in 0..steps {
@@ -120,7 +120,6 @@ pub fn draw_a<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, g: &Perturbatio
     bar.draw_text(&format!("−{eps}"), &lab, (x + 28, y_bot - 8))
         .map_err(e)?;
     bar.draw_text("δ", &lab, (x + 4, y_top - 34)).map_err(e)?;
-    let _ = bw;
     Ok(())
 }
 
