@@ -13,7 +13,7 @@ use crate::data::{AugParams, Batch};
 use crate::error::{CovfError, Result};
 use crate::models::{self, ArchSpec};
 use crate::optim::LrSchedule;
-use crate::optim::Sgd;
+use crate::optim::{LossScaler, Precision, Sgd};
 use crate::rng::Rng;
 use crate::train::{build_method, MethodEnv, MethodSpec, StepCtx};
 
@@ -28,6 +28,7 @@ pub struct BenchSpec {
     pub warmup: usize,
     pub iters: usize,
     pub seed: u64,
+    pub precision: Precision,
 }
 
 impl BenchSpec {
@@ -58,6 +59,8 @@ pub struct BenchRow {
     pub batch: usize,
     pub threads: usize,
     pub device: String,
+    /// Compute dtype (`f32`, `bf16`, `f16`).
+    pub dtype: String,
     pub iters: usize,
     pub median_s: f64,
     pub min_s: f64,
@@ -78,6 +81,7 @@ fn median(v: &mut [f64]) -> f64 {
 /// Times every method of `spec` on a fresh model each (same seed), returning one row per method.
 pub fn run(spec: &BenchSpec, dev: &Device, mut progress: impl FnMut(&BenchRow)) -> Result<Vec<BenchRow>> {
     spec.validate()?;
+    spec.precision.check_device(dev)?;
     let a = &spec.arch;
     let (c, s) = (a.in_channels, a.image_size);
     let mut rng = Rng::derive(spec.seed, "bench-data", 0);
@@ -94,7 +98,11 @@ pub fn run(spec: &BenchSpec, dev: &Device, mut progress: impl FnMut(&BenchRow)) 
     let mut rows = Vec::new();
     for m in &spec.methods {
         let (model, store) = models::build(a, dev, spec.seed)?;
+        let model = model.with_compute_dtype(spec.precision.dtype());
         let mut opt = Sgd::new(store.trainable(), 0.9, 5e-4);
+        if spec.precision.needs_loss_scaling() {
+            opt = opt.with_loss_scaling(LossScaler::default());
+        }
         let env = MethodEnv {
             eps: spec.eps,
             n_train: spec.batch,
@@ -132,6 +140,7 @@ pub fn run(spec: &BenchSpec, dev: &Device, mut progress: impl FnMut(&BenchRow)) 
             batch: spec.batch,
             threads,
             device: if dev.is_cpu() { "cpu".into() } else { format!("{dev:?}") },
+            dtype: spec.precision.name().into(),
             iters: spec.iters,
             median_s,
             min_s,
@@ -165,6 +174,7 @@ mod tests {
             warmup: 0,
             iters: 2,
             seed: 0,
+            precision: Precision::F32,
         };
         let rows = run(&spec, &Device::Cpu, |_| {}).unwrap();
         assert_eq!(rows.len(), 2);

@@ -133,6 +133,44 @@ pub fn decode(
     Ok((out, meta))
 }
 
+/// The metadata of a safetensors file, reading only its header (resume states can hold per-example
+/// perturbations of the whole training set).
+pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
+    use std::io::Read;
+    let bad = |m: String| CovfError::checkpoint(path, m);
+    let mut f = std::fs::File::open(path).map_err(|e| CovfError::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| CovfError::io(path, e))?;
+    let n = u64::from_le_bytes(len);
+    let size = f.metadata().map_err(|e| CovfError::io(path, e))?.len();
+    // safetensors caps the header at 100 MB; a larger length is a corrupt or foreign file.
+    if n > 100_000_000 || n + 8 > size {
+        return Err(bad(format!(
+            "header length {n} does not fit a {size}-byte file: not a safetensors file"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|e| CovfError::io(path, e))?;
+    header_metadata(&header, path)
+}
+
+/// The `__metadata__` strings of a safetensors JSON header (the bytes after the 8-byte length).
+pub fn header_metadata(header: &[u8], path: &Path) -> Result<BTreeMap<String, String>> {
+    let bad = |m: String| CovfError::checkpoint(path, m);
+    let v: serde_json::Value =
+        serde_json::from_slice(header).map_err(|e| bad(format!("bad safetensors header: {e}")))?;
+    let mut out = BTreeMap::new();
+    if let Some(m) = v.get("__metadata__").and_then(|m| m.as_object()) {
+        for (k, v) in m {
+            let s = v
+                .as_str()
+                .ok_or_else(|| bad(format!("metadata value of '{k}' is not a string")))?;
+            out.insert(k.clone(), s.to_string());
+        }
+    }
+    Ok(out)
+}
+
 pub fn save_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>, meta: &BTreeMap<String, String>) -> Result<()> {
     atomic_write(path, &encode(tensors, meta)?)
 }
@@ -174,8 +212,32 @@ impl RunDir {
         self.spec_path().is_file()
     }
 
-    /// Epochs with a checkpoint file, ascending.
+    /// Epochs the run has committed: the epoch its resume state names (0 before the first). An epoch
+    /// checkpoint can exist a moment before the state that commits it; a reader of whole runs asks this.
+    pub fn completed_epochs(&self) -> Result<usize> {
+        let p = self.state_path();
+        if !p.is_file() {
+            return Ok(0);
+        }
+        let meta = read_metadata(&p)?;
+        meta.get("epoch")
+            .and_then(|e| e.parse().ok())
+            .ok_or_else(|| CovfError::checkpoint(&p, "no epoch in the metadata"))
+    }
+
+    /// Committed epochs with a checkpoint file, ascending. A checkpoint newer than the resume state (a
+    /// run killed between the two writes) is left out: the resumed run rewrites it.
     pub fn epochs(&self) -> Result<Vec<usize>> {
+        let mut v = self.epoch_files()?;
+        if self.state_path().is_file() {
+            let done = self.completed_epochs()?;
+            v.retain(|&e| e <= done);
+        }
+        Ok(v)
+    }
+
+    /// Every epoch with a checkpoint file, committed or not, ascending.
+    pub fn epoch_files(&self) -> Result<Vec<usize>> {
         let rd = match std::fs::read_dir(&self.path) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
@@ -247,6 +309,15 @@ pub struct Checkpoint {
 impl Checkpoint {
     pub fn load(path: &Path, dev: &Device) -> Result<Checkpoint> {
         let (tensors, meta) = load_tensors(path, dev)?;
+        Checkpoint::from_parts(tensors, meta, path)
+    }
+
+    /// A decoded file is a covf checkpoint only with covf's format tag.
+    pub fn from_parts(
+        tensors: HashMap<String, Tensor>,
+        meta: BTreeMap<String, String>,
+        path: &Path,
+    ) -> Result<Checkpoint> {
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
             return Err(CovfError::checkpoint(
                 path,

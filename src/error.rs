@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 /// Errors raised by the covf library. `is_user_error` tells the CLI which ones are bad input (exit 2).
 #[derive(Debug, thiserror::Error)]
 pub enum CovfError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {source}{}", io_hint(source))]
     Io {
         path: PathBuf,
         #[source]
@@ -32,6 +32,20 @@ pub enum CovfError {
 }
 
 pub type Result<T> = std::result::Result<T, CovfError>;
+
+/// How to fix the I/O failures a user can fix. Files are written to a temporary name and renamed, so a
+/// failed write leaves the previous version (and every earlier checkpoint) intact.
+fn io_hint(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::StorageFull | K::FileTooLarge | K::QuotaExceeded => {
+            " (nothing was written and earlier files are intact: free space, or write to another \
+             --checkpoints / output directory, then rerun; training continues with --resume)"
+        }
+        K::PermissionDenied => " (check the permissions of that file and its directory)",
+        _ => "",
+    }
+}
 
 impl CovfError {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
@@ -78,8 +92,12 @@ impl CovfError {
                     | std::io::ErrorKind::PermissionDenied
                     | std::io::ErrorKind::InvalidData
                     | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::StorageFull
+                    | std::io::ErrorKind::FileTooLarge
+                    | std::io::ErrorKind::QuotaExceeded
             ),
-            CovfError::Data { .. }
+            CovfError::Diverged(_)
+            | CovfError::Data { .. }
             | CovfError::Spec { .. }
             | CovfError::Checkpoint { .. }
             | CovfError::Run { .. }

@@ -8,6 +8,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod exact_json;
 pub mod figures;
 pub mod metrics;
 pub mod models;

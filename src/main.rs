@@ -16,6 +16,14 @@ fn main() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
+    // A write past the file-size limit (`ulimit -f`) raises SIGXFSZ, whose default action kills the
+    // process without a word. Ignored, the write fails with EFBIG instead and covf reports it like a
+    // full disk: the file at fault, nothing half-written, earlier checkpoints intact.
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to SIG_IGN before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let args = cli::Cli::parse();
     if let Err(e) = cli::run(args) {
         eprintln!("error: {e}");

@@ -13,6 +13,7 @@ use crate::analysis::co::CoCriteria;
 use crate::analysis::{self, tidy, AnalysisCtx, EpochRef};
 use crate::checkpoint::{atomic_write, RunDir};
 use crate::error::{CovfError, Result};
+use crate::train::spec::validate_run_name;
 use crate::train::{fit_or_reuse, Reuse, TrainSpec};
 
 /// One run of the study, under the id the spec's analyses use.
@@ -68,6 +69,17 @@ pub struct StudySpec {
 impl StudySpec {
     /// Every id the analyses name must be a run of the study.
     pub fn validate(&self) -> Result<()> {
+        // The name becomes a directory under analyses/: the same rule as run names (no separators, no
+        // `..`), so a study file cannot write outside it.
+        validate_run_name(&self.name).map_err(|_| {
+            CovfError::spec(
+                "study name",
+                format!(
+                    "'{}': use letters, digits, '-', '_', '.', '+' only, not starting with '.'",
+                    self.name
+                ),
+            )
+        })?;
         let known = |id: &String, what: &str| -> Result<()> {
             if self.runs.iter().any(|r| &r.id == id) {
                 Ok(())

@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
+use covf::checkpoint::RunDir;
 
 const FMNIST: &str = "/usr/share/datasets/fashion-mnist";
 
@@ -605,11 +606,73 @@ fn bench_reports_each_step_as_json_and_rejects_bad_steps() {
         let med = r["median_s"].as_f64().unwrap();
         assert!((ips - 8.0 / med).abs() < 1e-6 * ips, "{r}");
     }
+    let o = covf(
+        &[
+            "bench",
+            "--steps",
+            "fgsm",
+            "--batch-size",
+            "4",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--dtype",
+            "f16",
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rows[0]["dtype"], "f16");
+    let o = covf(&["bench", "--steps", "fgsm", "--dtype", "bf16"], dir.path());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("bf16"), "{}", text(&o));
     let o = covf(&["bench", "--steps", "pgdx"], dir.path());
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("pgdx"));
     let o = covf(&["bench", "--shape", "3x32x16"], dir.path());
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+#[test]
+fn mixed_precision_training_runs_from_the_cli_under_its_own_name() {
+    require_fmnist();
+    let dir = tempfile::tempdir().unwrap();
+    let o = covf(
+        &[
+            "train",
+            "--method",
+            "fgsm",
+            "--dtype",
+            "f16",
+            "--train-subset",
+            "128",
+            "--test-subset",
+            "40",
+            "--epochs",
+            "1",
+            "--quiet",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let run = dir.path().join("checkpoints/fgsm-fmnist-preact-tiny-eps0.15-s0-f16");
+    let spec = RunDir::new(
+        &dir.path().join("checkpoints"),
+        "fgsm-fmnist-preact-tiny-eps0.15-s0-f16",
+    )
+    .unwrap()
+    .read_spec()
+    .unwrap();
+    assert_eq!(spec.precision, covf::optim::Precision::F16);
+    // Master weights (and so checkpoints) stay f32.
+    let (t, _) = covf::checkpoint::load_tensors(&run.join("epoch-001.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(t["linear.weight"].dtype(), candle_core::DType::F32);
+    let df = covf::metrics::read_parquet(&run.join("metrics.parquet")).unwrap();
+    let clean = df.column("test_acc_clean").unwrap().f64().unwrap().get(0).unwrap();
+    assert!((0.0..=1.0).contains(&clean), "{clean}");
 }
 
 fn eval_rows(run: &Path) -> Vec<(usize, String, f64)> {

@@ -6,6 +6,7 @@ use covf::bench::{self, BenchRow, BenchSpec};
 use covf::data::DatasetKind;
 use covf::device::parse_device;
 use covf::models::{Arch, ArchSpec};
+use covf::optim::Precision;
 use covf::train::{Eps, MethodSpec};
 use covf::CovfError;
 
@@ -48,6 +49,9 @@ pub struct BenchArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Compute dtype of the timed steps: f32, bf16 or f16 (mixed precision, as `covf train --dtype`).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
 }
 
 /// A step name -> the method spec `covf train` would build for it on `dataset` at `eps` (same defaults):
@@ -147,6 +151,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         warmup: a.warmup,
         iters: a.iters,
         seed: 0,
+        precision: Precision::parse(&a.dtype)?,
     };
     let json = a.json;
     if !json {

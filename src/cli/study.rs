@@ -308,6 +308,134 @@ draw = ["1a", "2a"]
 "#;
 
     #[test]
+    fn a_study_name_cannot_leave_the_analyses_directory() {
+        for bad in ["../../etc", "a/b", ".hidden", "..", "/abs"] {
+            let text = SMALL.replace("name = \"t\"", &format!("name = {bad:?}"));
+            let e = parse(&text, Path::new("analyses/t.toml"), None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("study.name"), "{bad}: {e}");
+        }
+    }
+
+    /// Study files are fuzzed as text: the two valid files above, mutated by inserting, deleting and
+    /// replacing TOML tokens and study keys, must give a study or an error, never a panic.
+    /// `COVF_FUZZ_CASES` sets the number of inputs (default 2,000; docs/reliability.md).
+    #[test]
+    fn the_study_parser_never_panics() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestCaseError, TestRunner};
+        const TOKENS: &[&str] = &[
+            "[",
+            "]",
+            "[[",
+            "]]",
+            "=",
+            "\"",
+            "'",
+            ",",
+            "\n",
+            "{",
+            "}",
+            ".",
+            "#",
+            "-",
+            "0",
+            "1",
+            "-1",
+            "1e999",
+            "nan",
+            "inf",
+            "18446744073709551616",
+            "true",
+            "\"\"",
+            "[study]",
+            "[train]",
+            "[runs.x]",
+            "[analyses]",
+            "[tradeoff]",
+            "[figures]",
+            "name",
+            "method",
+            "eps",
+            "epochs",
+            "steps",
+            "reference",
+            "transfer",
+            "co",
+            "perturbations",
+            "run",
+            "examples",
+            "eps-train",
+            "eps-eval",
+            "methods",
+            "draw",
+            "\"fgsm\"",
+            "\"pgd\"",
+            "\"../x\"",
+            "\"8/0\"",
+            "\"2a\"",
+            "train-subset",
+            "n = 0",
+            "seed",
+            "batch-size",
+            "device",
+            "\"cuda:9\"",
+            "\u{0}",
+            "\u{feff}",
+        ];
+        let cases = std::env::var("COVF_FUZZ_CASES")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2_000u32);
+        let seeds = [
+            SMALL.to_string(),
+            include_str!("../../analyses/paper-fmnist.toml").to_string(),
+        ];
+        let edit = (any::<usize>(), 0..TOKENS.len(), 0u8..3, 1usize..40);
+        let strategy = (0..seeds.len(), prop::collection::vec(edit, 1..6));
+        let mut runner = TestRunner::new(Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        std::panic::set_hook(Box::new(|_| {}));
+        let accepted = std::sync::atomic::AtomicUsize::new(0);
+        let result = runner.run(&strategy, |(seed, edits)| {
+            let mut t: Vec<char> = seeds[seed].chars().collect();
+            for (pos, tok, op, len) in edits {
+                let at = pos % (t.len() + 1);
+                match op {
+                    0 => {
+                        t.splice(at..at, TOKENS[tok].chars());
+                    }
+                    1 => {
+                        t.drain(at..(at + len).min(t.len()));
+                    }
+                    _ => {
+                        t.splice(at..(at + len).min(t.len()), TOKENS[tok].chars());
+                    }
+                }
+            }
+            let text: String = t.into_iter().collect();
+            let ok = std::panic::catch_unwind(|| parse(&text, Path::new("analyses/fuzz.toml"), None).is_ok())
+                .map_err(|_| TestCaseError::fail(format!("panic on:\n{text}")))?;
+            if ok {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(())
+        });
+        let _ = std::panic::take_hook();
+        if let Err(e) = result {
+            panic!("study parser: {e}");
+        }
+        eprintln!(
+            "fuzz study: {cases} inputs, {} accepted, the rest refused with an error; no panic",
+            accepted.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+
+    #[test]
     fn a_study_file_becomes_train_specs_like_the_command_line_builds() {
         let s = parse(SMALL, Path::new("analyses/t.toml"), None).unwrap();
         assert_eq!(s.dir, Path::new("analyses/t"));

@@ -8,6 +8,12 @@ pub const CIFAR_PIXELS: usize = 3 * 32 * 32;
 
 /// Parses one CIFAR binary file. `label_bytes` is 1 (CIFAR-10) or 2 (CIFAR-100: coarse, fine; covf uses fine).
 pub fn parse_cifar(bytes: &[u8], label_bytes: usize, num_classes: usize, path: &Path) -> Result<(Vec<u8>, Vec<u32>)> {
+    if !(1..=2).contains(&label_bytes) {
+        return Err(CovfError::data(
+            path,
+            format!("{label_bytes} label bytes per record: CIFAR-10 has 1, CIFAR-100 2"),
+        ));
+    }
     let rec = label_bytes + CIFAR_PIXELS;
     if bytes.is_empty() {
         return Err(CovfError::data(path, "empty file: expected CIFAR records"));

@@ -237,7 +237,7 @@ fn eval_autoattack(
         })
     };
     let mut st = match std::fs::read_to_string(state_path) {
-        Ok(text) => match serde_json::from_str::<AaState>(&text) {
+        Ok(text) => match crate::exact_json::from_str::<AaState>(&text) {
             Ok(s) if s.attack == a.to_string() && s.eps == eps && s.n == n && s.seed == spec.seed => {
                 if !spec.quiet && s.done.len() < aa.stages.len() {
                     eprintln!(
@@ -252,7 +252,8 @@ fn eval_autoattack(
         },
         Err(_) => fresh()?,
     };
-    let save = |s: &AaState| -> Result<()> { atomic_write(state_path, serde_json::to_string(s)?.as_bytes()) };
+    // Exact floats: a resumed evaluation must report the accuracies an uninterrupted one does, bit for bit.
+    let save = |s: &AaState| -> Result<()> { atomic_write(state_path, crate::exact_json::to_string(s)?.as_bytes()) };
     for (si, &stage) in aa.stages.iter().enumerate().skip(st.done.len()) {
         let points: Vec<usize> = (0..n).filter(|&i| st.stage_start[i]).collect();
         let chunks: Vec<&[usize]> = points.chunks(spec.batch_size.max(1)).collect();
@@ -318,12 +319,13 @@ pub fn run(spec: &EvalSpec, dev: &Device) -> Result<Vec<EpochReport>> {
         let ds = test_set(&train, spec.data_dir.as_deref(), spec.n)?;
         let eps = spec.eps.as_ref().map(|e| e.value).unwrap_or(train.eps.value);
         let out_dir = target.run.path.join("eval");
-        std::fs::create_dir_all(&out_dir).map_err(|e| CovfError::io(&out_dir, e))?;
         for &epoch in &target.epochs {
             // Weight-detached: attacks only need input gradients, so no weight gradient is ever computed.
             let model = fit::load_model(&train, &target.run.epoch_path(epoch), dev)?
                 .0
                 .detached();
+            // Only once a checkpoint has loaded: a run whose checkpoints cannot be read gets no eval/.
+            std::fs::create_dir_all(&out_dir).map_err(|e| CovfError::io(&out_dir, e))?;
             if !spec.quiet {
                 eprintln!("{} epoch {epoch}: {} test images, ε = {eps}", target.run.name, ds.len());
             }

@@ -54,7 +54,12 @@ impl Conv2d {
         })
     }
 
+    /// In mixed precision `x` is bf16/f16 and the f32 weight is cast to it (the cast is differentiable, so
+    /// the gradient reaches the f32 master weight).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.dtype() != self.weight.dtype() {
+            return Ok(x.conv2d(&self.weight.to_dtype(x.dtype())?, self.padding, self.stride, 1, 1)?);
+        }
         if x.device().is_cpu() {
             Ok(super::conv_direct::conv2d_per_image(
                 x,
@@ -104,7 +109,12 @@ impl BatchNorm {
         })
     }
 
+    /// Batch norm always runs in f32 (as under PyTorch's autocast): half-precision batch statistics lose
+    /// too much. A bf16/f16 input is widened and the output narrowed back.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        if x.dtype() != DType::F32 {
+            return Ok(self.forward(&x.to_dtype(DType::F32)?, mode)?.to_dtype(x.dtype())?);
+        }
         let c = x.dim(1)?;
         let bshape = (1, c, 1, 1);
         match mode {
@@ -147,6 +157,9 @@ impl BatchNorm {
 
     /// relu(bn(x)): one fused op on CPU (see bn.rs), composed candle ops elsewhere.
     pub fn forward_relu(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        if x.dtype() != DType::F32 {
+            return Ok(self.forward_relu(&x.to_dtype(DType::F32)?, mode)?.to_dtype(x.dtype())?);
+        }
         if !x.device().is_cpu() {
             return Ok(self.forward(x, mode)?.relu()?);
         }
@@ -207,7 +220,9 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?)
+        let dt = x.dtype();
+        Ok(x.matmul(&self.weight.to_dtype(dt)?.t()?)?
+            .broadcast_add(&self.bias.to_dtype(dt)?)?)
     }
 
     pub fn detached(&self) -> Self {

@@ -4,7 +4,7 @@
 //! o = o + δ_i; out = conv2(relu(bn2(conv1(o)))) + s`. The optional δ_i enters the residual
 //! branch only (APART, Algorithm 1; the shortcut keeps x), at the point the APART reference code uses.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use super::layers::{global_avg_pool, BatchNorm, Conv2d, Linear, Mode};
 use super::params::ParamStore;
@@ -29,6 +29,7 @@ impl Block {
             None => x.clone(),
         };
         let o = match delta {
+            Some(d) if d.dtype() != o.dtype() => (&o + d.to_dtype(o.dtype())?)?,
             Some(d) => (o + d)?,
             None => o,
         };
@@ -60,6 +61,9 @@ pub struct PreActResNet {
     block_io: Vec<(usize, usize)>,
     bn: BatchNorm,
     head: Linear,
+    /// Compute dtype of convolutions and activations (f32, or bf16/f16 for mixed precision); weights,
+    /// batch-norm statistics and logits stay f32.
+    compute: DType,
 }
 
 impl PreActResNet {
@@ -122,7 +126,19 @@ impl PreActResNet {
             block_io,
             bn,
             head,
+            compute: DType::F32,
         })
+    }
+
+    /// The same model (shared weights) computing in `dtype`: inputs are cast after normalisation, logits
+    /// come back as f32, gradients reach the f32 weights through the casts.
+    pub fn with_compute_dtype(mut self, dtype: DType) -> Self {
+        self.compute = dtype;
+        self
+    }
+
+    pub fn compute_dtype(&self) -> DType {
+        self.compute
     }
 
     pub fn spec(&self) -> &ArchSpec {
@@ -158,12 +174,22 @@ impl PreActResNet {
             ));
         }
         let x = x.broadcast_sub(&self.mean)?.broadcast_mul(&self.inv_std)?;
+        let x = if x.dtype() == self.compute {
+            x
+        } else {
+            x.to_dtype(self.compute)?
+        };
         let mut o = self.stem.forward(&x)?;
         for (i, b) in self.blocks.iter().enumerate() {
             o = b.forward(&o, deltas.get(i).and_then(Option::as_ref), mode)?;
         }
         let o = self.bn.forward_relu(&o, mode)?;
-        self.head.forward(&global_avg_pool(&o)?)
+        let logits = self.head.forward(&global_avg_pool(&o)?)?;
+        if logits.dtype() == DType::F32 {
+            Ok(logits)
+        } else {
+            Ok(logits.to_dtype(DType::F32)?)
+        }
     }
 
     /// A view sharing storage whose weights are not tracked by autograd: attack passes then
@@ -178,6 +204,7 @@ impl PreActResNet {
             block_io: self.block_io.clone(),
             bn: self.bn.detached(),
             head: self.head.detached(),
+            compute: self.compute,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
+use super::scaler::{all_finite, Grads, LossScaler};
 use crate::error::{CovfError, Result};
 
 #[derive(Debug, Clone)]
@@ -13,6 +14,8 @@ pub struct Sgd {
     pub momentum: f64,
     pub weight_decay: f64,
     bufs: BTreeMap<String, Tensor>,
+    /// f16 training only: the loss is scaled before backpropagation (see scaler.rs).
+    scaler: Option<LossScaler>,
 }
 
 impl Sgd {
@@ -23,18 +26,53 @@ impl Sgd {
             momentum,
             weight_decay,
             bufs: BTreeMap::new(),
+            scaler: None,
         }
+    }
+
+    /// Scales losses dynamically from now on (f16 training).
+    pub fn with_loss_scaling(mut self, scaler: LossScaler) -> Self {
+        self.scaler = Some(scaler);
+        self
+    }
+
+    /// What the loss is multiplied by before backpropagation (1 without loss scaling).
+    pub fn loss_scale(&self) -> f64 {
+        self.scaler.as_ref().map_or(1.0, LossScaler::scale)
+    }
+
+    /// Steps skipped because their scaled gradients overflowed.
+    pub fn skipped_steps(&self) -> usize {
+        self.scaler.as_ref().map_or(0, LossScaler::skipped)
+    }
+
+    /// One update from the gradients of a loss scaled by `loss_scale()`. With loss scaling, a step whose
+    /// gradients are not all finite is skipped (`grads.applied` becomes false) and the scale backs off.
+    pub fn step_grads(&mut self, grads: &mut Grads, lr: f64) -> Result<()> {
+        if let Some(scaler) = &mut self.scaler {
+            let params: Vec<&Tensor> = self.params.iter().map(|(_, v)| v.as_tensor()).collect();
+            let finite = all_finite(grads, &params)?;
+            if !scaler.update(finite) {
+                grads.applied = false;
+                return Ok(());
+            }
+        }
+        self.apply(|t| grads.get(t), lr)
     }
 
     /// One update at learning rate `lr`. A parameter with no gradient (unused this step) is left alone.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.apply(|t| Ok(grads.get(t).cloned()), lr)
+    }
+
+    fn apply(&mut self, grad_of: impl Fn(&Tensor) -> Result<Option<Tensor>>, lr: f64) -> Result<()> {
         for (name, var) in &self.params {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let Some(g) = grad_of(var.as_tensor())? else { continue };
             let w = var.as_tensor();
             let d = if self.weight_decay != 0.0 {
                 (g + (w * self.weight_decay)?)?
             } else {
-                g.clone()
+                g
             };
             let b = match self.bufs.get(name) {
                 Some(b) if self.momentum != 0.0 => ((b * self.momentum)? + d)?,

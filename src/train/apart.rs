@@ -183,9 +183,14 @@ impl TrainMethod for ApartTraining {
         let logits = model.forward_perturbed(x2.as_tensor(), &deltas2, Mode::TRAIN)?;
         let loss = candle_nn::loss::cross_entropy(&logits, y)?;
         let grads = ctx.update(&loss)?;
+        let stats = StepStats::adv_only(&logits.detach(), y)?;
+        if !grads.applied {
+            // f16 overflow: the model skipped this step, and so does the generator.
+            return Ok(stats);
+        }
 
         // First-order gradients of the round-2 loss w.r.t. the generator's parameters.
-        let gx = match grads.get(x2.as_tensor()) {
+        let gx = match grads.get(x2.as_tensor())? {
             Some(g) => (g * &mask)?,
             None => x.zeros_like()?,
         };
@@ -201,8 +206,8 @@ impl TrainMethod for ApartTraining {
             }
         }
         for (i, (v, s)) in dvars.iter().zip(&sb).enumerate() {
-            if let Some(g) = grads.get(v.as_tensor()) {
-                galpha[FIRST_BLOCK + i] = dot(g, s)?;
+            if let Some(g) = grads.get(v.as_tensor())? {
+                galpha[FIRST_BLOCK + i] = dot(&g, s)?;
             }
         }
         let lr = self.alpha_schedule.lr_at(ctx.t.1);
@@ -221,7 +226,7 @@ impl TrainMethod for ApartTraining {
             self.alphas[k] = a;
             self.bufs[k] = b;
         }
-        StepStats::adv_only(&logits.detach(), y)
+        Ok(stats)
     }
 
     fn state(&self) -> Result<BTreeMap<String, Tensor>> {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{build_method, MethodEnv, StepCtx, StepStats, TrainMethod, TrainSpec};
@@ -19,7 +19,7 @@ use crate::error::{CovfError, Result};
 use crate::eval::evaluate;
 use crate::metrics::{self, EpochRecord};
 use crate::models::{self, ArchSpec, Classifier, Mode, PreActResNet};
-use crate::optim::Sgd;
+use crate::optim::{LossScaler, Sgd};
 use crate::rng::Rng;
 
 /// Seed of the fixed train/test subsets: the same images for every run, whatever its training seed.
@@ -62,10 +62,15 @@ pub fn load_data(spec: &TrainSpec) -> Result<(Dataset, Dataset)> {
     Ok((train, test))
 }
 
-fn state_meta(epoch: usize, records: &[EpochRecord]) -> Result<BTreeMap<String, String>> {
+fn state_meta(
+    epoch: usize,
+    records: &[EpochRecord],
+    step_rows: &[metrics::StepSizeRow],
+) -> Result<BTreeMap<String, String>> {
     let mut m = BTreeMap::new();
     m.insert("epoch".into(), epoch.to_string());
-    m.insert("metrics".into(), serde_json::to_string(records)?);
+    m.insert("metrics".into(), crate::exact_json::to_string(&records)?);
+    m.insert("step_sizes".into(), crate::exact_json::to_string(&step_rows)?);
     m.insert("covf_version".into(), checkpoint::COVF_VERSION.into());
     Ok(m)
 }
@@ -73,10 +78,54 @@ fn state_meta(epoch: usize, records: &[EpochRecord]) -> Result<BTreeMap<String, 
 struct Resume {
     epoch: usize,
     records: Vec<EpochRecord>,
+    /// None for resume states written before they carried the step sizes.
+    step_rows: Option<Vec<metrics::StepSizeRow>>,
 }
 
 /// Prefix of the method's own state in the resume file (the rest is optimizer momentum).
 const METHOD_PREFIX: &str = "method/";
+
+/// The files derived from the resume state after epoch `done`: metric tables, step-size tables, and
+/// (without `--save-every-epoch`) the removal of earlier epoch checkpoints. Idempotent.
+fn write_derived(
+    spec: &TrainSpec,
+    run: &RunDir,
+    records: &[EpochRecord],
+    step_rows: &[metrics::StepSizeRow],
+    done: usize,
+) -> Result<()> {
+    metrics::write(&run.path, records)?;
+    if !step_rows.is_empty() {
+        metrics::write_step_sizes(&run.path, step_rows)?;
+    }
+    if !spec.save_every_epoch {
+        for e in run.epochs()?.into_iter().filter(|&e| e < done) {
+            let prev = run.epoch_path(e);
+            std::fs::remove_file(&prev).map_err(|e| CovfError::io(&prev, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Temporary files of writes a killed process never finished (`atomic_write` names them
+/// `.<file>.tmp-<pid>`): never read, removed so they do not pile up.
+fn remove_stale_temporaries(run: &RunDir) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(&run.path) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let ours = [".epoch-", ".train-state.", ".metrics.", ".step-sizes.", ".run.json."]
+            .iter()
+            .any(|p| name.starts_with(p));
+        if ours && name.contains(".tmp-") {
+            let p = e.path();
+            std::fs::remove_file(&p).map_err(|err| CovfError::io(&p, err))?;
+        }
+    }
+    Ok(())
+}
 
 /// Restores weights, momentum, the method's state and metric rows from the last complete epoch of `run`.
 fn restore(
@@ -95,8 +144,15 @@ fn restore(
         .get("epoch")
         .and_then(|e| e.parse().ok())
         .ok_or_else(|| CovfError::checkpoint(&sp, "no epoch in the metadata"))?;
-    let records: Vec<EpochRecord> = serde_json::from_str(meta.get("metrics").map(String::as_str).unwrap_or("[]"))
-        .map_err(|e| CovfError::checkpoint(&sp, format!("bad metrics: {e}")))?;
+    let records: Vec<EpochRecord> =
+        crate::exact_json::from_str(meta.get("metrics").map(String::as_str).unwrap_or("[]"))
+            .map_err(|e| CovfError::checkpoint(&sp, format!("bad metrics: {e}")))?;
+    let step_rows: Option<Vec<metrics::StepSizeRow>> = match meta.get("step_sizes") {
+        Some(j) => Some(
+            crate::exact_json::from_str(j).map_err(|e| CovfError::checkpoint(&sp, format!("bad step sizes: {e}")))?,
+        ),
+        None => None,
+    };
     let ck = Checkpoint::load(&run.epoch_path(epoch), dev)?;
     store.load(&ck.tensors, &run.epoch_path(epoch))?;
     let (own, bufs): (HashMap<_, _>, HashMap<_, _>) = bufs.into_iter().partition(|(k, _)| k.starts_with(METHOD_PREFIX));
@@ -109,6 +165,7 @@ fn restore(
     Ok(Some(Resume {
         epoch,
         records: records.into_iter().filter(|r| r.epoch <= epoch).collect(),
+        step_rows: step_rows.map(|rows| rows.into_iter().filter(|r| r.epoch <= epoch).collect()),
     }))
 }
 
@@ -182,7 +239,7 @@ pub fn fit_or_reuse(spec: &TrainSpec, root: &Path, dev: &Device, quiet: bool) ->
                 ),
             ));
         }
-        if run.epochs()?.last() == Some(&spec.epochs) {
+        if run.completed_epochs()? == spec.epochs {
             return Ok((run, Reuse::Reused));
         }
         how = Reuse::Resumed;
@@ -199,6 +256,7 @@ pub fn fit_or_reuse(spec: &TrainSpec, root: &Path, dev: &Device, quiet: bool) ->
 /// Trains `spec` into `root/<spec.name>`, checkpointing every epoch (or only the last), and returns the metrics.
 pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Result<FitSummary> {
     spec.validate()?;
+    spec.precision.check_device(dev)?;
     let run = RunDir::new(root, &spec.name)?;
     if run.exists() && !opts.resume {
         if !opts.force {
@@ -215,7 +273,11 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
     let (train, test) = load_data(spec)?;
     let arch = ArchSpec::new(spec.arch, spec.dataset);
     let (model, store) = models::build(&arch, dev, spec.seed)?;
+    let model = model.with_compute_dtype(spec.precision.dtype());
     let mut opt = Sgd::new(store.trainable(), spec.momentum, spec.weight_decay);
+    if spec.precision.needs_loss_scaling() {
+        opt = opt.with_loss_scaling(LossScaler::default());
+    }
     let mut method = build_method(
         &spec.method,
         &MethodEnv {
@@ -233,10 +295,18 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
     } else {
         None
     };
+    remove_stale_temporaries(&run)?;
+    let mut step_rows = metrics::read_step_sizes(&run.path)?;
     let (start, mut records) = match resumed {
-        Some(r) => (r.epoch, r.records),
+        Some(r) => {
+            if let Some(rows) = r.step_rows {
+                step_rows = rows;
+            }
+            (r.epoch, r.records)
+        }
         None => {
             run.write_spec(spec)?;
+            step_rows.clear();
             (0, Vec::new())
         }
     };
@@ -261,7 +331,6 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
     let mut pgd = Pgd::new(spec.eps.value, spec.eval.pgd_steps);
     pgd.alpha = spec.eval.pgd_alpha;
     let aug = spec.augment;
-    let mut step_rows = metrics::read_step_sizes(&run.path)?;
 
     for epoch in start..spec.epochs {
         let e1 = epoch + 1;
@@ -295,10 +364,15 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
             )?;
             if !s.loss_adv_sum.is_finite() {
                 pb.abandon();
+                let kept = if epoch == 0 {
+                    format!("no epoch had completed; {} holds only run.json", run.path.display())
+                } else {
+                    format!("the last good checkpoint is epoch {epoch} in {}", run.path.display())
+                };
                 return Err(CovfError::Diverged(format!(
-                    "non-finite training loss at epoch {e1}, batch {}/{nb} (lr {lr:.4}); the last good checkpoint is epoch {epoch} in {}",
-                    i + 1,
-                    run.path.display()
+                    "non-finite training loss at epoch {e1}, batch {}/{nb} (lr {lr:.4}); nothing of this epoch was \
+                     saved and {kept} (lower --lr-max, or start over with --force)",
+                    i + 1
                 )));
             }
             totals.add(&s);
@@ -316,8 +390,18 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
         pb.finish_and_clear();
         let epoch_seconds = t0.elapsed().as_secs_f64();
 
+        if !opts.quiet && opt.skipped_steps() > 0 {
+            eprintln!(
+                "{}: {} steps skipped so far for f16 gradient overflow (loss scale now {})",
+                spec.name,
+                opt.skipped_steps(),
+                opt.loss_scale()
+            );
+        }
         let t1 = Instant::now();
-        let frozen = model.detached();
+        // Evaluated in f32 whatever the training precision, so that per-epoch accuracies compare across
+        // runs and match `covf eval` of the saved (f32) checkpoint.
+        let frozen = model.detached().with_compute_dtype(DType::F32);
         let mut eval_rng = Rng::derive(spec.seed, "eval", epoch as u64);
         let bs = spec.batch_size.max(256);
         let clean = evaluate(&frozen, &test, None, bs, &mut eval_rng, dev)?;
@@ -366,25 +450,18 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
         for (k, v) in method.state()? {
             state.insert(format!("{METHOD_PREFIX}{k}"), v);
         }
-        checkpoint::save_tensors(&run.state_path(), &state, &state_meta(e1, &records)?)?;
-        metrics::write(&run.path, &records)?;
-        if !steps.is_empty() {
-            step_rows.retain(|r: &metrics::StepSizeRow| r.epoch < e1);
-            step_rows.extend(steps.iter().map(|s| metrics::StepSizeRow {
-                run: spec.name.clone(),
-                method: spec.method.label(),
-                epoch: e1,
-                layer: s.layer.clone(),
-                alpha: s.value,
-            }));
-            metrics::write_step_sizes(&run.path, &step_rows)?;
-        }
-        if !spec.save_every_epoch && epoch > 0 {
-            let prev = run.epoch_path(epoch);
-            if prev.is_file() {
-                std::fs::remove_file(&prev).map_err(|e| CovfError::io(&prev, e))?;
-            }
-        }
+        step_rows.retain(|r: &metrics::StepSizeRow| r.epoch < e1);
+        step_rows.extend(steps.iter().map(|s| metrics::StepSizeRow {
+            run: spec.name.clone(),
+            method: spec.method.label(),
+            epoch: e1,
+            layer: s.layer.clone(),
+            alpha: s.value,
+        }));
+        // The resume state is the commit point: once it names epoch e1, the run holds e1 epochs. What
+        // follows is derived from it and rewritten by `write_derived` if a kill lands in between.
+        checkpoint::save_tensors(&run.state_path(), &state, &state_meta(e1, &records, &step_rows)?)?;
+        write_derived(spec, &run, &records, &step_rows, e1)?;
         if !opts.quiet {
             eprintln!(
                 "epoch {e1:>3}/{}  loss {:.4}  train adv {:.3} clean {:.3} | test clean {:.3} fgsm {:.3} pgd{} {:.3} | probe {:.3}{} | lr {:.4} | {:.1}s + eval {:.1}s",
@@ -403,6 +480,10 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
                 eval_seconds
             );
         }
+    }
+    if start == spec.epochs {
+        // Resumed with no epoch left: a kill may have landed after the last resume state was written.
+        write_derived(spec, &run, &records, &step_rows, start)?;
     }
     Ok(FitSummary {
         run,

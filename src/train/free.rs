@@ -75,7 +75,7 @@ impl TrainMethod for FreeTraining {
                 .schedule
                 .lr_at(t0 + (t1 - t0) * (j + 1) as f64 / self.replays as f64);
             let grads = ctx.update_at(&loss, lr)?;
-            if let Some(g) = grads.get(d.as_tensor()) {
+            if let (true, Some(g)) = (grads.applied, grads.get(d.as_tensor())?) {
                 delta = project(&(&delta + (g.sign()? * f64::from(self.eps))?)?, x, self.eps)?;
             }
             last = Some(logits.detach());

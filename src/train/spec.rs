@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{Augment, DatasetKind};
 use crate::error::{CovfError, Result};
 use crate::models::Arch;
-use crate::optim::LrSchedule;
+use crate::optim::{LrSchedule, Precision};
 
 /// A perturbation budget in pixel units, kept with the text the user wrote (`8/255`, `0.3`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -240,6 +240,9 @@ pub struct TrainSpec {
     pub eval: EpochEvalSpec,
     pub save_every_epoch: bool,
     pub device: String,
+    /// Compute dtype of the training passes (master weights stay f32). Runs from before `--dtype` are f32.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl TrainSpec {
@@ -264,6 +267,16 @@ impl TrainSpec {
             return bad("batch size", "must be at least 1".into());
         }
         self.method.validate()?;
+        if self.precision != Precision::F32 && matches!(self.method, MethodSpec::GradAlign { .. }) {
+            return bad(
+                "dtype",
+                format!(
+                    "gradalign needs --dtype f32: its finite-difference alignment gradient subtracts two losses \
+                     taken 2r apart, and in {} that difference is rounding noise",
+                    self.precision.name()
+                ),
+            );
+        }
         if !(0.0..1.0).contains(&self.momentum) || self.weight_decay < 0.0 {
             return bad(
                 "optimizer",
