@@ -136,3 +136,28 @@ impl ParamStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::data::DatasetKind;
+    use crate::models::{build, Arch, ArchSpec};
+    use candle_core::Device;
+
+    #[test]
+    fn a_checkpoint_of_another_class_count_is_refused_with_the_tensor_named() {
+        let dev = Device::Cpu;
+        let ten = ArchSpec::new(Arch::PreActTiny, DatasetKind::FashionMnist);
+        let hundred = ten.clone().with_input(1, 28, 100).unwrap();
+        let (_, src) = build(&ten, &dev, 0).unwrap();
+        let (_, dst) = build(&hundred, &dev, 0).unwrap();
+        let tensors = src.snapshot().into_iter().collect();
+        let e = dst
+            .load(&tensors, std::path::Path::new("ten.safetensors"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ten.safetensors") && e.contains("linear") && e.contains("100"),
+            "{e}"
+        );
+    }
+}
