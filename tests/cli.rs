@@ -3,36 +3,14 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use covf::checkpoint::RunDir;
 
-const FMNIST: &str = "/usr/share/datasets/fashion-mnist";
-
-fn covf(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_covf"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("covf binary runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn require_fmnist() {
-    assert!(
-        Path::new(FMNIST).is_dir(),
-        "Fashion-MNIST is missing: `apt-get install -y dataset-fashion-mnist` (.ci/run does this)"
-    );
-}
+mod common;
+use common::{covf, require_fmnist, text};
 
 const SMALL: &[&str] = &[
     "--train-subset",

@@ -5,36 +5,14 @@
 //! `COVF_KILL_RUNS` repeats the kill test with other kill schedules (default 1; docs/reliability.md).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use covf::checkpoint::RunDir;
 
-const FMNIST: &str = "/usr/share/datasets/fashion-mnist";
-
-fn covf(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_covf"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("covf binary runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn require_fmnist() {
-    assert!(
-        Path::new(FMNIST).is_dir(),
-        "Fashion-MNIST is missing: `apt-get install -y dataset-fashion-mnist` (.ci/run does this)"
-    );
-}
+mod common;
+use common::{covf, require_fmnist, text};
 
 /// Small training runs: 256 images, a short test evaluation (4 epochs unless the caller says otherwise).
 const TINY: &[&str] = &[
@@ -558,33 +536,19 @@ fn hostile_inputs_exit_2_with_the_fault_named_and_leave_no_partial_output() {
     let labels = idx(&[4], &[1; 4]);
     std::fs::write(mnist.join("t10k-labels-idx1-ubyte"), &labels[..labels.len() - 1]).unwrap();
     let data_dir = mnist.to_str().unwrap();
-    refuse(
-        &[
-            "train",
-            "--dataset",
-            "mnist",
-            "--data-dir",
-            data_dir,
-            "--name",
-            "m",
-            "--quiet",
-        ],
-        "t10k-labels-idx1-ubyte",
-    );
+    let train_mnist = [
+        "train",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        data_dir,
+        "--name",
+        "m",
+        "--quiet",
+    ];
+    refuse(&train_mnist, "t10k-labels-idx1-ubyte");
     std::fs::write(mnist.join("t10k-labels-idx1-ubyte"), idx(&[4], &[1, 2, 77, 3])).unwrap();
-    refuse(
-        &[
-            "train",
-            "--dataset",
-            "mnist",
-            "--data-dir",
-            data_dir,
-            "--name",
-            "m",
-            "--quiet",
-        ],
-        "77",
-    );
+    refuse(&train_mnist, "77");
     tried += 2;
     assert!(!d.join("checkpoints/m").exists(), "bad data left a run directory");
 
