@@ -15,7 +15,7 @@ use crate::models::{self, ArchSpec};
 use crate::optim::LrSchedule;
 use crate::optim::{LossScaler, Precision, Sgd};
 use crate::rng::Rng;
-use crate::train::{build_method, MethodEnv, MethodSpec, StepCtx};
+use crate::train::{build_method, AttackBn, MethodEnv, MethodSpec, StepCtx};
 
 /// What to time: one model, one input shape, one batch size, several methods.
 #[derive(Debug, Clone)]
@@ -122,6 +122,7 @@ pub fn run(spec: &BenchSpec, dev: &Device, mut progress: impl FnMut(&BenchRow)) 
                 opt: &mut opt,
                 lr: 0.01,
                 rng: &mut step_rng,
+                attack_mode: AttackBn::reference_for(m).mode(),
                 schedule: &schedule,
                 t: (0.0, 0.5),
             };

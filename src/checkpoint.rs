@@ -297,6 +297,10 @@ pub fn epoch_metadata(spec: &TrainSpec, epoch: usize, alpha: f32) -> BTreeMap<St
         "normalization".into(),
         serde_json::json!({"mean": mean, "std": std}).to_string(),
     );
+    // The whole spec, so that a checkpoint copied out of its run directory still describes itself.
+    if let Ok(j) = serde_json::to_string(spec) {
+        m.insert(crate::model_file::SPEC_KEY.into(), j);
+    }
     m
 }
 

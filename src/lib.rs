@@ -11,6 +11,7 @@ pub mod eval;
 pub mod exact_json;
 pub mod figures;
 pub mod metrics;
+pub mod model_file;
 pub mod models;
 pub mod optim;
 pub mod rng;

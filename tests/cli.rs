@@ -849,10 +849,11 @@ fn analyze_measures_transfer_gap_curves_steps_and_the_co_verdict_with_a_cache() 
     assert_eq!(strs(&co, "run"), vec!["f", "p", "a"]);
     assert!(strs(&co, "verdict").iter().all(|v| !v.is_empty()));
 
-    // Transfer: one row per checkpoint, accuracies are fractions of 64 images, and the reference's own
-    // final checkpoint transferred to itself scores exactly its white-box accuracy.
+    // Transfer: one row per checkpoint and generator (own, then plain FGSM), accuracies are fractions of 64
+    // images, and the reference's own final checkpoint transferred to itself scores exactly its white-box
+    // accuracy.
     let tr = table(&out.join("transfer.parquet"));
-    assert_eq!(tr.height(), 6);
+    assert_eq!(tr.height(), 12);
     let (acc_ref, acc_self, rnd) = (f64s(&tr, "acc_ref"), f64s(&tr, "acc_self"), f64s(&tr, "random_acc"));
     for v in acc_ref.iter().chain(&acc_self).chain(&rnd) {
         assert!(
@@ -873,11 +874,24 @@ fn analyze_measures_transfer_gap_curves_steps_and_the_co_verdict_with_a_cache() 
         .iter()
         .map(|e| e.unwrap())
         .collect();
-    let at = (0..6).find(|&i| runs[i] == "p" && epochs[i] == 2).unwrap();
+    let (gens, attacks) = (strs(&tr, "generator"), strs(&tr, "attack"));
+    assert_eq!(gens.iter().filter(|g| *g == "own").count(), 6);
+    assert_eq!(gens.iter().filter(|g| *g == "fgsm").count(), 6);
+    let row = |run: &str, epoch: u64, generator: &str| {
+        (0..12)
+            .find(|&i| runs[i] == run && epochs[i] == epoch && gens[i] == generator)
+            .unwrap()
+    };
+    let at = row("p", 2, "own");
     assert_eq!(acc_ref[at], acc_self[at]);
-    let gens = strs(&tr, "generator");
-    assert_eq!(gens[(0..6).find(|&i| runs[i] == "f").unwrap()], "step(a=0.1,start=0)");
-    assert!(gens[at].starts_with("pgd3("), "{}", gens[at]);
+    assert!(attacks[at].starts_with("pgd3("), "{}", attacks[at]);
+    // Plain FGSM on every run; for the FGSM run it is its own generator, the same numbers.
+    for r in ["f", "p", "a"] {
+        assert_eq!(attacks[row(r, 1, "fgsm")], "step(a=0.1,start=0)");
+    }
+    assert_eq!(attacks[row("f", 2, "own")], "step(a=0.1,start=0)");
+    assert_eq!(acc_ref[row("f", 2, "own")], acc_ref[row("f", 2, "fgsm")]);
+    assert_ne!(attacks[row("a", 2, "own")], attacks[row("a", 2, "fgsm")]);
 
     // Gap: G = L(δ_B) − L(δ_A) with its spread in order.
     let gap = table(&out.join("gap-pgd10.parquet"));
@@ -891,8 +905,9 @@ fn analyze_measures_transfer_gap_curves_steps_and_the_co_verdict_with_a_cache() 
 
     // Cached: a rerun reads every unit back and writes the same tables; --force recomputes the same numbers.
     let first = std::fs::read_to_string(out.join("transfer.csv")).unwrap();
+    // FGSM's own generator is plain FGSM: its rows share one cache entry (6 own + 6 fgsm − 2 shared).
     let cached = std::fs::read_dir(out.join("cache/transfer")).unwrap().count();
-    assert_eq!(cached, 6);
+    assert_eq!(cached, 10);
     for extra in [&[][..], &["--force"][..]] {
         let mut a = co_args.to_vec();
         a.extend_from_slice(extra);
@@ -986,7 +1001,7 @@ methods = ["fgsm"]
 eps-train = ["0.1", "0.15"]
 
 [figures]
-draw = ["1a", "1b", "2a", "2b", "3", "4", "5"]
+draw = ["1a", "1b", "2a", "2a-own", "2b", "3", "4", "5"]
 "#;
     std::fs::write(dir.path().join("analyses/tiny.toml"), spec).unwrap();
     let o = covf(&["study", "analyses/tiny.toml"], dir.path());
@@ -1028,7 +1043,7 @@ draw = ["1a", "1b", "2a", "2b", "3", "4", "5"]
         assert!((v * 64.0 - (v * 64.0).round()).abs() < 1e-9, "{v}");
     }
     let figs = dir.path().join("analyses/tiny/figures");
-    for id in ["1a", "1b", "2a", "2b", "3", "4", "5"] {
+    for id in ["1a", "1b", "2a", "2a-own", "2b", "3", "4", "5"] {
         let png = std::fs::read(figs.join(format!("fig{id}.png"))).unwrap();
         assert!(
             png.starts_with(b"\x89PNG") && png.len() > 5_000,
@@ -1048,6 +1063,13 @@ draw = ["1a", "1b", "2a", "2b", "3", "4", "5"]
     ] {
         assert!(svg.contains(label), "fig2a.svg lacks {label}");
     }
+    assert!(
+        svg.contains("FGSM on each run"),
+        "Figure 2a draws plain FGSM, as the paper"
+    );
+    assert!(std::fs::read_to_string(figs.join("fig2a-own.svg"))
+        .unwrap()
+        .contains("own generator"));
     assert!(std::fs::read_to_string(figs.join("fig4.svg"))
         .unwrap()
         .contains("ε=0.1"));
@@ -1055,7 +1077,7 @@ draw = ["1a", "1b", "2a", "2b", "3", "4", "5"]
         serde_json::from_str(&std::fs::read_to_string(out.join("study.json")).unwrap()).unwrap();
     assert_eq!(meta["study"], "tiny");
     assert!(meta["spec_toml"].as_str().unwrap().contains("[runs.apart]"));
-    assert_eq!(meta["figures"].as_array().unwrap().len(), 14);
+    assert_eq!(meta["figures"].as_array().unwrap().len(), 16);
 
     // Rerun: every run reused, every analysis read from the cache, the same tables.
     let before = std::fs::read_to_string(out.join("gap-pgd10.csv")).unwrap();
@@ -1099,4 +1121,181 @@ draw = ["1a", "1b", "2a", "2b", "3", "4", "5"]
         "{}",
         text(&o)
     );
+}
+
+/// A covf checkpoint rewritten as a plain state dict: the same tensors, no metadata (what
+/// `safetensors.torch.save_file(model.state_dict(), path)` writes).
+fn strip_metadata(from: &Path, to: &Path) {
+    let bytes = std::fs::read(from).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let views: Vec<(String, safetensors::tensor::TensorView)> =
+        st.tensors().into_iter().map(|(n, v)| (n.to_string(), v)).collect();
+    std::fs::write(to, safetensors::tensor::serialize(views, None).unwrap()).unwrap();
+}
+
+#[test]
+fn a_lone_checkpoint_and_a_plain_state_dict_evaluate_like_the_run() {
+    require_fmnist();
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["train", "--method", "fgsm", "--name", "r", "--eps", "0.1"];
+    args.extend_from_slice(SMALL);
+    let o = covf(&args, dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let ck = dir.path().join("checkpoints/r/epoch-002.safetensors");
+    // (clean, PGD-10) accuracy as the evaluation stored it in `results` (a directory under the test's).
+    let accs_of = |args: &[&str], results: &str| -> (f64, f64) {
+        let o = covf(args, dir.path());
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+        let rows = covf::eval::results::read_rows(&dir.path().join(results)).unwrap();
+        let acc = |a: &str| {
+            rows.iter()
+                .find(|r| r.attack == a)
+                .unwrap_or_else(|| panic!("{rows:?}"))
+                .accuracy
+        };
+        (acc("clean"), acc("pgd10"))
+    };
+    let eval = ["--attacks", "clean,pgd10", "--n", "60", "--quiet"];
+    let run_acc = accs_of(&[&["eval", "r"][..], &eval].concat(), "checkpoints/r/eval");
+    assert!(run_acc.0 > 0.3, "{run_acc:?}");
+
+    // Copied out of its run directory under another name: it describes itself.
+    std::fs::create_dir(dir.path().join("shared")).unwrap();
+    let lone = dir.path().join("shared/model.safetensors");
+    std::fs::copy(&ck, &lone).unwrap();
+    assert_eq!(
+        accs_of(
+            &[&["eval", "shared/model.safetensors"][..], &eval].concat(),
+            "shared/model.eval"
+        ),
+        run_acc
+    );
+    let rows = covf::eval::results::read_rows(&dir.path().join("shared/model.eval")).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows
+        .iter()
+        .all(|r| r.run == "model" && r.method == "fgsm" && (r.eps - 0.1).abs() < 1e-6));
+
+    // The same tensors as a plain state dict: evaluated once arch, dataset and normalisation are named.
+    // Named epoch-NNN (outside a run directory): that is its epoch, so PGD's seeded starts match the run's.
+    strip_metadata(&ck, &dir.path().join("shared/epoch-002.safetensors"));
+    let named = [
+        "--arch",
+        "preact-tiny",
+        "--dataset",
+        "fmnist",
+        "--normalize",
+        "0.2860/0.3530",
+        "--eps",
+        "0.1",
+    ];
+    let plain = [&["eval", "shared/epoch-002.safetensors"][..], &eval, &named].concat();
+    assert_eq!(accs_of(&plain, "shared/epoch-002.eval"), run_acc);
+    // predict writes the inputs and logits another framework compares against: the run's checkpoint, its
+    // lone copy and the plain state dict give the same logits; the wrong normalisation (the hidden step a
+    // PyTorch user would miss) another function.
+    let logits = |args: &[&str]| -> Vec<f32> {
+        let a = [args, &["--n", "8", "--out", "p.safetensors"][..]].concat();
+        let o = covf(&a, dir.path());
+        assert!(o.status.success(), "{a:?}: {}", text(&o));
+        let bytes = std::fs::read(dir.path().join("p.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor("x").unwrap().shape(), &[8, 1, 28, 28]);
+        assert_eq!(st.tensor("y").unwrap().dtype(), safetensors::Dtype::I64);
+        let l = st.tensor("logits").unwrap();
+        assert_eq!(l.shape(), &[8, 10]);
+        l.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let of_run = logits(&["predict", "r"]);
+    assert_eq!(logits(&["predict", "shared/model.safetensors"]), of_run);
+    let plain = [&["predict", "shared/epoch-002.safetensors"][..], &named[..6]].concat();
+    assert_eq!(logits(&plain), of_run);
+    let none = [
+        &["predict", "shared/epoch-002.safetensors"][..],
+        &named[..4],
+        &["--normalize", "none"],
+    ]
+    .concat();
+    assert_ne!(logits(&none), of_run);
+
+    // analyze takes them too: a lone covf checkpoint among the runs, a plain state dict as the reference.
+    let a = [
+        &[
+            "analyze",
+            "transfer",
+            "--runs",
+            "r",
+            "shared/model.safetensors",
+            "--ref",
+            "shared/epoch-002.safetensors",
+            "--n",
+            "16",
+            "--study",
+            "x",
+            "--quiet",
+        ][..],
+        &named[..6],
+    ]
+    .concat();
+    let o = covf(&a, dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let tr = table(&dir.path().join("analyses/x/out/transfer.parquet"));
+    assert_eq!(
+        strs(&tr, "run").iter().filter(|r| *r == "model").count(),
+        2,
+        "own and fgsm rows"
+    );
+    assert_eq!(
+        tr.height(),
+        4,
+        "r keeps only its last epoch: 2 runs × 1 epoch × 2 generators"
+    );
+    assert!(strs(&tr, "reference").iter().all(|r| r == "epoch-002@2"));
+
+    // Faults: what is missing is named, exit code 2.
+    for (extra, needle) in [
+        (&[][..], "--arch"),
+        (&["--arch", "preact-tiny"][..], "--dataset"),
+        (&["--arch", "preact-tiny", "--dataset", "fmnist"][..], "--normalize"),
+        (
+            &["--arch", "preact18", "--dataset", "fmnist", "--normalize", "none"][..],
+            "missing",
+        ),
+        (
+            &[
+                "--arch",
+                "preact-tiny",
+                "--dataset",
+                "cifar10",
+                "--normalize",
+                "0.5/0.5",
+            ][..],
+            "channel",
+        ),
+    ] {
+        let a = [
+            &["eval", "shared/epoch-002.safetensors", "--attacks", "clean", "--n", "8"][..],
+            extra,
+        ]
+        .concat();
+        let o = covf(&a, dir.path());
+        assert_eq!(o.status.code(), Some(2), "{a:?}: {}", text(&o));
+        assert!(text(&o).contains(needle), "{a:?} should name {needle}: {}", text(&o));
+    }
+    let o = covf(
+        &[
+            "eval",
+            "shared/model.safetensors",
+            "--attacks",
+            "clean",
+            "--arch",
+            "preact18",
+        ],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("contradicts"), "{}", text(&o));
 }

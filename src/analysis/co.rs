@@ -1,18 +1,26 @@
 //! `covf analyze co`: per run, the epoch its robust accuracy collapses (catastrophic overfitting), the
-//! epoch its own perturbation deteriorates (the strength gap jumps, or transfer strength reaches the
-//! random-noise level), and whether the two coincide — the paper's question, answered for the user's runs.
+//! epoch its own perturbation deteriorates (the strength gap jumps, or transfer strength falls back to
+//! the random-noise level), and whether the two coincide — the paper's question, answered for the user's runs.
 //!
-//! Criteria (all configurable): CO at the first epoch whose test PGD accuracy (the run's per-epoch
-//! metric) is at least `drop` below the previous epoch's; a gap jump at the first epoch whose gap rose by
-//! at least `gap_jump` nats and to at least `gap_ratio` times the previous gap; transfer at the random
-//! level at the first epoch whose transferred accuracy is within `random_margin` of (or above) the
-//! reference's accuracy under random signs. The deterioration epoch is the first epoch showing either sign.
+//! Deterioration is a *change*, never a level (criteria all configurable):
+//! - CO at the first epoch whose test PGD accuracy (the run's per-epoch metric) is at least `drop` below
+//!   the previous epoch's;
+//! - a gap jump at the first epoch whose gap rose by at least `gap_jump` nats and to at least `gap_ratio`
+//!   times the previous gap, after an earlier epoch with a gap of at most `gap_low` (a generator weak
+//!   from the start has no jump to make);
+//! - transfer back at the random level at the first epoch within `random_margin` of (or above) the
+//!   reference's accuracy under random signs, after an earlier epoch at least `strong_margin` below it.
+//!   A generator never that far below random gets its own verdict ("never stronger than random noise").
+//!
+//! Transfer strength here is always the method's *own* generator (`generator = own` rows), as the table
+//! says in its `transfer_generator` column: deterioration is a property of the perturbation the method
+//! trains on. The deterioration epoch is the first epoch showing either sign.
 
 use serde::{Deserialize, Serialize};
 
 use super::gap::GapRow;
 use super::tidy::{Cell, Kind, TidyRow};
-use super::transfer::TransferRow;
+use super::transfer::{Source, TransferRow};
 use crate::checkpoint::RunDir;
 use crate::error::Result;
 use crate::metrics::{col_f64, col_u64, read_parquet};
@@ -23,10 +31,14 @@ pub struct CoCriteria {
     pub drop: f64,
     /// Rise of the gap (nats) from one epoch to the next that counts as a jump...
     pub gap_jump: f64,
-    /// ...when the gap also becomes at least this multiple of the previous one.
+    /// ...when the gap also becomes at least this multiple of the previous one...
     pub gap_ratio: f64,
-    /// Transferred accuracy within this much of the random baseline counts as noise-level.
+    /// ...and some earlier epoch had a gap of at most this (nats).
+    pub gap_low: f64,
+    /// Transferred accuracy within this much of the random baseline counts as noise-level...
     pub random_margin: f64,
+    /// ...after an earlier epoch at least this much below it (clearly stronger than noise).
+    pub strong_margin: f64,
 }
 
 impl Default for CoCriteria {
@@ -35,7 +47,9 @@ impl Default for CoCriteria {
             drop: 0.2,
             gap_jump: 1.0,
             gap_ratio: 2.0,
+            gap_low: 0.5,
             random_margin: 0.02,
+            strong_margin: 0.1,
         }
     }
 }
@@ -52,9 +66,15 @@ pub struct CoRow {
     pub gap_jump_epoch: Option<u64>,
     pub gap_before: f64,
     pub gap_at: f64,
+    /// Which transfer rows the verdict read: always `own`, the method's own generator.
+    pub transfer_generator: String,
+    /// The first epoch whose perturbation transferred clearly stronger than random noise.
+    pub transfer_strong_epoch: Option<u64>,
     pub transfer_random_epoch: Option<u64>,
     pub transfer_at: f64,
     pub random_acc: f64,
+    /// True when transfer rows exist and none was clearly stronger than random (null without rows).
+    pub never_stronger_than_random: Option<bool>,
     pub deterioration_epoch: Option<u64>,
     /// Both epochs exist and are equal (null when neither happened).
     pub coincide: Option<bool>,
@@ -73,9 +93,12 @@ impl TidyRow for CoRow {
             ("gap_jump_epoch", Kind::U64),
             ("gap_before", Kind::F64),
             ("gap_at", Kind::F64),
+            ("transfer_generator", Kind::Str),
+            ("transfer_strong_epoch", Kind::U64),
             ("transfer_random_epoch", Kind::U64),
             ("transfer_at", Kind::F64),
             ("random_acc", Kind::F64),
+            ("never_stronger_than_random", Kind::Bool),
             ("deterioration_epoch", Kind::U64),
             ("coincide", Kind::Bool),
             ("verdict", Kind::Str),
@@ -93,9 +116,12 @@ impl TidyRow for CoRow {
             Cell::U64(self.gap_jump_epoch),
             Cell::F64(self.gap_before),
             Cell::F64(self.gap_at),
+            Cell::Str(self.transfer_generator.clone()),
+            Cell::U64(self.transfer_strong_epoch),
             Cell::U64(self.transfer_random_epoch),
             Cell::F64(self.transfer_at),
             Cell::F64(self.random_acc),
+            Cell::Bool(self.never_stronger_than_random),
             Cell::U64(self.deterioration_epoch),
             Cell::Bool(self.coincide),
             Cell::Str(self.verdict.clone()),
@@ -103,16 +129,20 @@ impl TidyRow for CoRow {
     }
 }
 
-/// The first epoch (after the first) where `hit(previous, current)`, with both values.
-fn first_change(series: &[(u64, f64)], hit: impl Fn(f64, f64) -> bool) -> Option<(u64, f64, f64)> {
-    series
-        .windows(2)
-        .find(|w| hit(w[0].1, w[1].1))
-        .map(|w| (w[1].0, w[0].1, w[1].1))
+/// The first epoch (after the first) where `hit(previous, current)` and `before(earlier values)` holds
+/// for the values up to the previous epoch, with the previous and current values.
+fn first_change(
+    series: &[(u64, f64)],
+    hit: impl Fn(f64, f64) -> bool,
+    before: impl Fn(&[(u64, f64)]) -> bool,
+) -> Option<(u64, f64, f64)> {
+    (1..series.len())
+        .find(|&i| hit(series[i - 1].1, series[i].1) && before(&series[..i]))
+        .map(|i| (series[i].0, series[i - 1].1, series[i].1))
 }
 
 /// The verdict for one run from its series, each sorted by epoch: test PGD accuracy, gap, and transferred
-/// accuracy with the random baseline (`(epoch, acc_ref, random_acc)`).
+/// accuracy of the method's own generator with the random baseline (`(epoch, acc_ref, random_acc)`).
 pub fn judge(
     run: &str,
     method: &str,
@@ -121,9 +151,19 @@ pub fn judge(
     transfer: &[(u64, f64, f64)],
     c: &CoCriteria,
 ) -> CoRow {
-    let co = first_change(pgd, |a, b| a - b >= c.drop);
-    let jump = first_change(gap, |a, b| b - a >= c.gap_jump && b >= c.gap_ratio * a.max(0.0));
-    let noise = transfer.iter().find(|&&(_, acc, rnd)| acc >= rnd - c.random_margin);
+    let co = first_change(pgd, |a, b| a - b >= c.drop, |_| true);
+    let jump = first_change(
+        gap,
+        |a, b| b - a >= c.gap_jump && b >= c.gap_ratio * a.max(0.0),
+        |earlier| earlier.iter().any(|x| x.1 <= c.gap_low),
+    );
+    let strong = transfer.iter().position(|&(_, acc, rnd)| acc <= rnd - c.strong_margin);
+    let noise = strong.and_then(|i| {
+        transfer[i + 1..]
+            .iter()
+            .find(|&&(_, acc, rnd)| acc >= rnd - c.random_margin)
+    });
+    let never_strong = (!transfer.is_empty()).then_some(strong.is_none());
     let det = match (jump.map(|j| j.0), noise.map(|t| t.0)) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -133,13 +173,16 @@ pub fn judge(
         (None, None) => None,
         (a, b) => Some(a == b),
     };
-    let verdict = match (co_epoch, det) {
+    let mut verdict = match (co_epoch, det) {
         (Some(a), Some(b)) if a == b => format!("CO and perturbation deterioration coincide at epoch {a}"),
         (Some(a), Some(b)) => format!("CO at epoch {a}, perturbation deterioration at epoch {b}"),
         (Some(a), None) => format!("CO at epoch {a} without a measured perturbation deterioration"),
         (None, Some(b)) => format!("perturbation deterioration at epoch {b} without CO"),
         (None, None) => "no CO and no perturbation deterioration".into(),
     };
+    if never_strong == Some(true) {
+        verdict.push_str("; its own perturbation never transferred clearly stronger than random noise");
+    }
     let nan = f64::NAN;
     CoRow {
         run: run.into(),
@@ -151,9 +194,12 @@ pub fn judge(
         gap_jump_epoch: jump.map(|x| x.0),
         gap_before: jump.map_or(nan, |x| x.1),
         gap_at: jump.map_or(nan, |x| x.2),
+        transfer_generator: Source::Own.name().into(),
+        transfer_strong_epoch: strong.map(|i| transfer[i].0),
         transfer_random_epoch: noise.map(|t| t.0),
         transfer_at: noise.map_or(nan, |t| t.1),
         random_acc: noise.or(transfer.last()).map_or(nan, |t| t.2),
+        never_stronger_than_random: never_strong,
         deterioration_epoch: det,
         coincide,
         verdict,
@@ -184,7 +230,7 @@ pub fn run(runs: &[RunDir], gaps: &[GapRow], transfers: &[TransferRow], c: &CoCr
         g.sort_by_key(|x| x.0);
         let mut t: Vec<(u64, f64, f64)> = transfers
             .iter()
-            .filter(|x| x.run == r.name)
+            .filter(|x| x.run == r.name && x.generator == Source::Own.name())
             .map(|x| (x.epoch, x.acc_ref, x.random_acc))
             .collect();
         t.sort_by_key(|x| x.0);
@@ -243,5 +289,48 @@ mod tests {
         );
         assert_eq!(r.verdict, "CO at epoch 3, perturbation deterioration at epoch 4");
         assert!(r.transfer_random_epoch.is_none() && r.random_acc.is_nan());
+        assert_eq!(r.never_stronger_than_random, None);
+    }
+
+    #[test]
+    fn deterioration_is_a_change_not_a_level() {
+        let c = CoCriteria::default();
+        let pgd = [(1, 0.5), (2, 0.52), (3, 0.55)];
+        // Transfer at noise level from the first epoch (a generator that was never strong, e.g. APART's α1
+        // step on test images): no deterioration, its own verdict.
+        let weak = [(1, 0.79, 0.80), (2, 0.80, 0.80), (3, 0.81, 0.80)];
+        let r = judge("w", "apart", &pgd, &[], &weak, &c);
+        assert_eq!((r.transfer_strong_epoch, r.transfer_random_epoch), (None, None));
+        assert_eq!(
+            (r.deterioration_epoch, r.never_stronger_than_random),
+            (None, Some(true))
+        );
+        assert_eq!(
+            r.verdict,
+            "no CO and no perturbation deterioration; its own perturbation never transferred clearly stronger \
+             than random noise"
+        );
+        // 9 points below random is not "clearly stronger" (10 are): still never strong.
+        let r = judge("w", "x", &pgd, &[], &[(1, 0.71, 0.80), (2, 0.80, 0.80)], &c);
+        assert_eq!(r.never_stronger_than_random, Some(true));
+        // Strong at epoch 1, back to the random band at epoch 3 (epoch 2 is 3 points short of it).
+        let tr = [(1, 0.60, 0.80), (2, 0.75, 0.80), (3, 0.785, 0.80)];
+        let r = judge("d", "fgsm", &pgd, &[], &tr, &c);
+        assert_eq!((r.transfer_strong_epoch, r.transfer_random_epoch), (Some(1), Some(3)));
+        assert_eq!((r.transfer_at, r.random_acc), (0.785, 0.80));
+        assert_eq!((r.deterioration_epoch, r.coincide), (Some(3), Some(false)));
+        assert_eq!(r.verdict, "perturbation deterioration at epoch 3 without CO");
+        assert_eq!(r.never_stronger_than_random, Some(false));
+        // A noise-level epoch before the first strong one does not count; the one after it does.
+        let tr = [(1, 0.80, 0.80), (2, 0.65, 0.80), (3, 0.81, 0.80)];
+        assert_eq!(judge("d", "fgsm", &pgd, &[], &tr, &c).transfer_random_epoch, Some(3));
+
+        // A gap high from the start (never ≤ 0.5 nats) that keeps doubling is no jump; after a low it is.
+        let high = [(1, 1.2), (2, 2.5), (3, 6.0)];
+        let r = judge("g", "x", &pgd, &high, &[], &c);
+        assert_eq!((r.gap_jump_epoch, r.deterioration_epoch), (None, None));
+        let low_then_jump = [(1, 0.4), (2, 0.9), (3, 2.0)];
+        let r = judge("g", "x", &pgd, &low_then_jump, &[], &c);
+        assert_eq!((r.gap_jump_epoch, r.gap_before, r.gap_at), (Some(3), 0.9, 2.0));
     }
 }

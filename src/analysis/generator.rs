@@ -6,13 +6,14 @@
 //! - `fgsm`, `gradalign`: FGSM, zero start, step α. `free`: FGSM with step ε (a fresh example's carried δ is 0).
 //! - `fgsm-rs`: uniform start, step α. `pgd`: PGD-N, uniform start, step α. `atta`: PGD-K from δ = 0
 //!   (its store starts at 0.001·N(0, 1)).
-//! - `sfgsm`: the FGSM-RS step cut at the first of the c checkpoints that is misclassified.
+//! - `sfgsm`: the FGSM-RS step cut at the first of the c checkpoints that is misclassified, 0 where the
+//!   random-start point is already misclassified (as in training).
 //! - `nfgsm`: noise U(−kε, kε), one step α, then projected onto the ε-ball so that every generator is
 //!   compared within the same budget (training itself does not project).
 //! - `apart`, `apart-simple`: clamp(α_ω·ω + α1·sign(∇x L(x + α_ω·ω)), ±ε) with the checkpoint's learned
 //!   α1; ω is learned per *training* example, so on test images ω = 0 and the generator is a signed step of
 //!   α1. The block perturbations δi live inside the network and cannot be transferred.
-//! - `clean`: no generator (δ = 0).
+//! - `clean`: no generator (δ = 0). A model covf did not train (`external`) has none to offer.
 //!
 //! BN runs in eval mode, as for every attack in `covf eval`.
 
@@ -97,6 +98,16 @@ impl Generator {
                 alpha: learned_input_step(ck)?,
                 start: 0.0,
             },
+            MethodSpec::External { label } => {
+                return Err(CovfError::spec(
+                    "generator",
+                    format!(
+                        "{} ({label}) was not trained by covf, so its training perturbation is unknown; analyses \
+                         that need it (own-generator transfer, gap) do not apply to it",
+                        spec.name
+                    ),
+                ))
+            }
         })
     }
 
@@ -173,8 +184,8 @@ impl Attack for Generator {
                 checkpoints,
             } => {
                 let start = uniform_start(x, eps, ctx.rng)?;
-                let (d, _) = sign_step(model, x, &start, y, alpha, eps, ctx.mode)?;
-                cut_at_first_misclassified(model, x, &d, y, checkpoints, ctx.mode)?
+                let (d, start_logits) = sign_step(model, x, &start, y, alpha, eps, ctx.mode)?;
+                cut_at_first_misclassified(model, x, &d, y, &start_logits, checkpoints)?
             }
         };
         Ok(Perturbation {

@@ -24,6 +24,7 @@ use crate::attacks::{correct_mask, per_sample_ce, Attack, AttackCtx};
 use crate::checkpoint::RunDir;
 use crate::data::Dataset;
 use crate::error::{CovfError, Result};
+use crate::model_file::ModelFile;
 use crate::models::{Classifier, Mode, PreActResNet};
 use crate::rng::Rng;
 use crate::train::{fit, TrainSpec};
@@ -79,21 +80,37 @@ impl AnalysisCtx {
     }
 }
 
-/// One checkpoint of one run: the unit most analyses iterate over.
+/// One checkpoint of one run: the unit most analyses iterate over. A checkpoint file outside any run
+/// directory (`from_file`) is its own one-checkpoint run, named after the file.
 #[derive(Debug, Clone)]
 pub struct EpochRef {
     pub run: RunDir,
     pub spec: TrainSpec,
     pub epoch: usize,
+    file: Option<ModelFile>,
 }
 
 impl EpochRef {
+    pub fn from_file(f: ModelFile) -> EpochRef {
+        let dir = f.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        EpochRef {
+            run: RunDir {
+                name: f.name.clone(),
+                path: dir,
+            },
+            spec: f.spec.clone(),
+            epoch: f.epoch,
+            file: Some(f),
+        }
+    }
+
     pub fn new(run: &RunDir, epoch: usize) -> Result<EpochRef> {
         let spec = run.read_spec()?;
         let e = EpochRef {
             run: run.clone(),
             spec,
             epoch,
+            file: None,
         };
         if !e.path().is_file() {
             return Err(CovfError::run(
@@ -108,7 +125,10 @@ impl EpochRef {
     }
 
     pub fn path(&self) -> PathBuf {
-        self.run.epoch_path(self.epoch)
+        match &self.file {
+            Some(f) => f.path.clone(),
+            None => self.run.epoch_path(self.epoch),
+        }
     }
 
     /// `run@epoch`, how tables name a checkpoint.
@@ -118,7 +138,10 @@ impl EpochRef {
 
     /// The model, weight-detached (analyses only need input gradients), and the checkpoint metadata.
     pub fn load(&self, dev: &Device) -> Result<(PreActResNet, crate::checkpoint::Checkpoint)> {
-        let (m, ck) = fit::load_model(&self.spec, &self.path(), dev)?;
+        let (m, ck) = match &self.file {
+            Some(f) => f.load(dev)?,
+            None => fit::load_model(&self.spec, &self.path(), dev)?,
+        };
         Ok((m.detached(), ck))
     }
 

@@ -12,7 +12,7 @@ use covf::device::parse_device;
 use covf::train::Eps;
 use covf::CovfError;
 
-use super::eval::{resolve, select_epochs};
+use super::eval::{resolve, resolve_target, select_epochs, ForeignArgs, Target};
 
 #[derive(Debug, Args)]
 pub struct Common {
@@ -43,12 +43,15 @@ pub struct Common {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// How to read checkpoint files without covf metadata (plain PyTorch state dicts) among --runs and --ref.
+    #[command(flatten)]
+    pub foreign: ForeignArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct RefArg {
-    /// Reference model: RUN (its last epoch), RUN@EPOCH or an epoch checkpoint file [default: the last
-    /// epoch of the PGD-10 run on the runs' dataset].
+    /// Reference model: RUN (its last epoch), RUN@EPOCH or a checkpoint file (a model trained elsewhere too,
+    /// with --arch/--dataset/--normalize) [default: the last epoch of the PGD-10 run on the runs' dataset].
     #[arg(long = "ref", value_name = "RUN[@EPOCH]")]
     pub reference: Option<String>,
 }
@@ -156,9 +159,15 @@ Runs are named as `covf train` names them; an existing run is reused when its se
         gap_jump: f64,
         #[arg(long, default_value_t = 2.0)]
         gap_ratio: f64,
-        /// Transferred accuracy within this fraction of the random baseline is noise-level.
+        /// A gap jump counts only after an earlier epoch with a gap of at most this many nats.
+        #[arg(long, default_value_t = 0.5)]
+        gap_low: f64,
+        /// Transferred accuracy within this fraction of the random baseline is noise-level...
         #[arg(long, default_value_t = 0.02)]
         random_margin: f64,
+        /// ...once an earlier epoch transferred at least this fraction below it (clearly stronger than noise).
+        #[arg(long, default_value_t = 0.1)]
+        strong_margin: f64,
     },
 }
 
@@ -207,9 +216,18 @@ fn runs(c: &Common, root: &Path) -> Result<Vec<RunDir>, CovfError> {
         }
         return Ok(all);
     }
-    c.runs.iter().map(|r| resolve(r, root).map(|x| x.0)).collect()
+    let foreign = c.foreign.to_foreign(None)?;
+    let mut out = Vec::new();
+    for r in &c.runs {
+        if let Target::Run(run, _) = resolve_target(r, root, &foreign)? {
+            out.push(run);
+        }
+    }
+    Ok(out)
 }
 
+/// The checkpoints to analyse: the selected epochs of `runs`, then every checkpoint file outside a run
+/// directory that --runs names.
 fn checkpoints(c: &Common, runs: &[RunDir]) -> Result<Vec<EpochRef>, CovfError> {
     let mut out = Vec::new();
     for r in runs {
@@ -217,12 +235,24 @@ fn checkpoints(c: &Common, runs: &[RunDir]) -> Result<Vec<EpochRef>, CovfError> 
             out.push(EpochRef::new(r, e)?);
         }
     }
+    let foreign = c.foreign.to_foreign(None)?;
+    for r in c.runs.iter().filter(|r| Path::new(r).is_file()) {
+        if let Target::File(f) = resolve_target(r, Path::new("."), &foreign)? {
+            out.push(EpochRef::from_file(f));
+        }
+    }
     Ok(out)
 }
 
 /// The reference checkpoint: as given, or the last epoch of the one PGD-10 run on `runs`' dataset.
-fn reference(arg: &RefArg, runs: &[RunDir], root: &Path) -> Result<EpochRef, CovfError> {
+fn reference(arg: &RefArg, common: &Common, runs: &[RunDir], root: &Path) -> Result<EpochRef, CovfError> {
     if let Some(r) = &arg.reference {
+        let p = Path::new(r);
+        if p.is_file() {
+            if let Target::File(f) = resolve_target(r, root, &common.foreign.to_foreign(None)?)? {
+                return Ok(EpochRef::from_file(f));
+            }
+        }
         let (name, epoch) = match r.rsplit_once('@') {
             Some((n, e)) => (
                 n,
@@ -347,7 +377,7 @@ pub fn run(a: AnalyzeArgs, root: &Path) -> anyhow::Result<()> {
         AnalyzeCmd::Transfer { common, reference: r } => {
             let ctx = ctx(&common)?;
             let rs = runs(&common, root)?;
-            let reference = reference(&r, &rs, root)?;
+            let reference = reference(&r, &common, &rs, root)?;
             let rows = analysis::transfer::run(&ctx, &reference, &checkpoints(&common, &rs)?)?;
             tidy::write(&ctx.out, "transfer", &rows)?;
             println!(
@@ -355,17 +385,18 @@ pub fn run(a: AnalyzeArgs, root: &Path) -> anyhow::Result<()> {
                 reference.label()
             );
             println!(
-                "{:<44} {:>5} {:>8} {:>8} {:>8}",
-                "run", "epoch", "S_i(A)", "random", "self"
+                "{:<44} {:>5} {:>9} {:>8} {:>8}  generator as run",
+                "run", "epoch", "generator", "S_i", "random"
             );
             for x in &rows {
                 println!(
-                    "{:<44} {:>5} {:>8} {:>8} {:>8}",
+                    "{:<44} {:>5} {:>9} {:>8} {:>8}  {}",
                     x.run,
                     x.epoch,
+                    x.generator,
                     pct(x.acc_ref),
                     pct(x.random_acc),
-                    pct(x.acc_self)
+                    x.attack
                 );
             }
             eprintln!("wrote {}", ctx.out.join("transfer.parquet").display());
@@ -406,7 +437,7 @@ pub fn run(a: AnalyzeArgs, root: &Path) -> anyhow::Result<()> {
             } else {
                 runs(&common, root)?
             };
-            let reference = reference(&r, &rs, root)?;
+            let reference = reference(&r, &common, &rs, root)?;
             let e = match eps {
                 Some(s) => Eps::parse(&s)?.value,
                 None => reference.spec.eps.value,
@@ -506,13 +537,17 @@ pub fn run(a: AnalyzeArgs, root: &Path) -> anyhow::Result<()> {
             drop,
             gap_jump,
             gap_ratio,
+            gap_low,
             random_margin,
+            strong_margin,
         } => {
             let ctx = ctx(&common)?;
             for (flag, v) in [
                 ("--drop", drop),
                 ("--gap-jump", gap_jump),
+                ("--gap-low", gap_low),
                 ("--random-margin", random_margin),
+                ("--strong-margin", strong_margin),
             ] {
                 if !(v.is_finite() && v >= 0.0) {
                     return Err(CovfError::spec(flag, format!("{v}: must be a finite number ≥ 0")).into());
@@ -523,7 +558,7 @@ pub fn run(a: AnalyzeArgs, root: &Path) -> anyhow::Result<()> {
             }
             let steps = pgd_steps(&gap_ref, "--gap-ref")?;
             let rs = runs(&common, root)?;
-            let reference = reference(&r, &rs, root)?;
+            let reference = reference(&r, &common, &rs, root)?;
             let cks = checkpoints(&common, &rs)?;
             let gaps = analysis::gap::run(&ctx, &cks, steps)?;
             let transfers = analysis::transfer::run(&ctx, &reference, &cks)?;
@@ -531,7 +566,9 @@ pub fn run(a: AnalyzeArgs, root: &Path) -> anyhow::Result<()> {
                 drop,
                 gap_jump,
                 gap_ratio,
+                gap_low,
                 random_margin,
+                strong_margin,
             };
             let rows = analysis::co::run(&rs, &gaps, &transfers, &crit)?;
             tidy::write(&ctx.out, &format!("gap-pgd{steps}"), &gaps)?;

@@ -6,9 +6,12 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 
 use covf::checkpoint::RunDir;
+use covf::data::DatasetKind;
 use covf::device::parse_device;
 use covf::eval::table::{self, Format, TableRow};
 use covf::eval::{self, AttackSpec, EvalSpec, EvalTarget};
+use covf::model_file::{epoch_of_name, identity_normalization, parse_normalize, Foreign, ModelFile};
+use covf::models::Arch;
 use covf::train::Eps;
 use covf::CovfError;
 
@@ -37,11 +40,16 @@ impl From<FormatArg> for Format {
   covf eval RUN --epochs all --attacks clean,pgd20                  # every epoch
   covf eval RUN_A RUN_B --attacks aa --n 1000                       # AutoAttack (resumes if interrupted)
   covf eval checkpoints/RUN/epoch-002.safetensors --attacks pgd50x5,aa-custom:apgd-ce+square
+  covf eval shared/model.safetensors                                # a covf checkpoint copied anywhere
+  covf eval resnet.safetensors --arch preact18 --dataset cifar10 --data-dir ~/data/cifar-10-batches-bin \
+            --normalize 0.4914,0.4822,0.4465/0.2471,0.2435,0.2616    # a plain PyTorch state dict
 Attacks: clean, fgsm, pgdN or pgdNxR, cw, gaussian, random-sign, random-uniform, aa (standard AutoAttack),
 aa-rand, aa-custom:STAGE+... (apgd-ce, apgd-dlr, apgd-t, fab-t, square).
-Results go to <run>/eval/results.parquet and results.csv (gradient-masking flags to checks.*).")]
+Results go to <run>/eval/results.parquet and results.csv (gradient-masking flags to checks.*); for a checkpoint
+file outside a run directory, to <its directory>/<its name>.eval/.")]
 pub struct EvalArgs {
-    /// Runs (names under --checkpoints, or run directories) or epoch checkpoint files.
+    /// Runs (names under --checkpoints, or run directories) or checkpoint files (any name; a file outside a run
+    /// directory is read from its own metadata, or from --arch/--dataset/--normalize for a plain state dict).
     #[arg(required = true, value_name = "RUN_OR_CHECKPOINT")]
     pub targets: Vec<String>,
     /// Comma-separated attacks, in column order.
@@ -75,6 +83,8 @@ pub struct EvalArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub foreign: ForeignArgs,
 }
 
 #[derive(Debug, Args)]
@@ -92,19 +102,74 @@ pub struct TableArgs {
     pub format: FormatArg,
 }
 
-/// A run named under `root`, a run directory, or (with its epoch) an epoch checkpoint file.
+/// How to read a checkpoint file that has no covf metadata (a plain PyTorch state dict).
+#[derive(Debug, Clone, Args, Default)]
+pub struct ForeignArgs {
+    /// Architecture of a plain state dict: preact-tiny, preact18, wrn34-10.
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Option<String>,
+    /// Dataset of a plain state dict (its test images, shape and classes): fmnist, mnist, cifar10, cifar100.
+    #[arg(long, value_name = "DATASET")]
+    pub dataset: Option<String>,
+    /// Input normalisation a plain state dict expects, MEAN/STD per channel
+    /// (0.4914,0.4822,0.4465/0.2471,0.2435,0.2616), or none.
+    #[arg(long, value_name = "MEAN/STD")]
+    pub normalize: Option<String>,
+}
+
+impl ForeignArgs {
+    pub fn to_foreign(&self, eps: Option<&str>) -> Result<Foreign, CovfError> {
+        let dataset = self.dataset.as_deref().map(DatasetKind::parse).transpose()?;
+        let normalize = match self.normalize.as_deref() {
+            None => None,
+            Some(s) => Some(match parse_normalize(s)? {
+                Some(n) => n,
+                None => identity_normalization(dataset.ok_or_else(|| {
+                    CovfError::spec("--normalize", "none needs --dataset (to know the channel count)")
+                })?),
+            }),
+        };
+        Ok(Foreign {
+            arch: self.arch.as_deref().map(Arch::parse).transpose()?,
+            dataset,
+            normalize,
+            eps: eps.map(Eps::parse).transpose()?,
+        })
+    }
+}
+
+/// What a command-line target names.
+pub(crate) enum Target {
+    /// A run, and the epoch when an `epoch-NNN` file inside its directory was named.
+    Run(RunDir, Option<usize>),
+    /// A checkpoint file on its own.
+    File(ModelFile),
+}
+
+/// A run named under `root`, a run directory, an epoch checkpoint in a run directory, or any checkpoint
+/// file (a covf checkpoint describes itself; a plain state dict needs `foreign`).
+pub(crate) fn resolve_target(target: &str, root: &Path, foreign: &Foreign) -> Result<Target, CovfError> {
+    let p = Path::new(target);
+    if p.is_file() {
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if let (Some(epoch), true) = (epoch_of_name(p), dir.join("run.json").is_file()) {
+            return Ok(Target::Run(run_at(dir)?, Some(epoch)));
+        }
+        return Ok(Target::File(ModelFile::open(p, foreign)?));
+    }
+    let (run, epoch) = resolve(target, root)?;
+    Ok(Target::Run(run, epoch))
+}
+
+/// A run named under `root`, a run directory, or (with its epoch) an epoch checkpoint file in a run directory.
 pub(crate) fn resolve(target: &str, root: &Path) -> Result<(RunDir, Option<usize>), CovfError> {
     let p = Path::new(target);
     if p.is_file() {
-        let file = p
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let epoch = file
-            .strip_prefix("epoch-")
-            .and_then(|s| s.strip_suffix(".safetensors"))
-            .and_then(|s| s.parse::<usize>().ok())
-            .ok_or_else(|| CovfError::data(p, "not an epoch checkpoint (expected epoch-NNN.safetensors)"))?;
+        let epoch = epoch_of_name(p)
+            .ok_or_else(|| CovfError::data(p, "not an epoch checkpoint of a run (expected epoch-NNN.safetensors)"))?;
         let dir = p
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
@@ -185,18 +250,25 @@ pub fn to_spec(a: &EvalArgs, root: &Path) -> Result<EvalSpec, CovfError> {
         ));
     }
     let attacks = AttackSpec::parse_list(&a.attacks, a.sigma)?;
+    let foreign = a.foreign.to_foreign(a.eps.as_deref())?;
     let mut targets: Vec<EvalTarget> = Vec::new();
     for t in &a.targets {
-        let (run, epoch) = resolve(t, root)?;
+        let (run, epoch) = match resolve_target(t, root, &foreign)? {
+            Target::File(f) => {
+                targets.push(EvalTarget::file(f));
+                continue;
+            }
+            Target::Run(run, epoch) => (run, epoch),
+        };
         let epochs = match epoch {
             Some(e) => vec![e],
             None => select_epochs(&run, &a.epochs)?,
         };
-        match targets.iter_mut().find(|x| x.run.path == run.path) {
+        match targets.iter_mut().find(|x| x.file.is_none() && x.run.path == run.path) {
             Some(x) => x
                 .epochs
                 .extend(epochs.into_iter().filter(|e| !x.epochs.contains(e)).collect::<Vec<_>>()),
-            None => targets.push(EvalTarget { run, epochs }),
+            None => targets.push(EvalTarget::run(run, epochs)),
         }
     }
     Ok(EvalSpec {

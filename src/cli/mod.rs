@@ -4,6 +4,7 @@ pub mod analyze;
 pub mod bench;
 pub mod eval;
 pub mod figures;
+pub mod predict;
 pub mod runs;
 pub mod study;
 pub mod train;
@@ -39,6 +40,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Robust accuracy of checkpoints: clean, PGD-N, C&W, noise, AutoAttack; the paper's Table 3.
     Eval(Box<eval::EvalArgs>),
+    /// Logits of one checkpoint on test images, with the inputs, as safetensors (framework cross-checks).
+    Predict(predict::PredictArgs),
     /// Stored evaluation results as a table (Markdown, CSV, LaTeX or text).
     Table(eval::TableArgs),
     /// Per-epoch analyses: transfer strength, strength gap, random baselines, curves, step sizes, CO verdict.
@@ -55,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Runs(a) => runs::run(a, &cli.checkpoints),
         Command::Bench(a) => bench::run(a),
         Command::Eval(a) => eval::run(*a, &cli.checkpoints),
+        Command::Predict(a) => predict::run(a, &cli.checkpoints),
         Command::Table(a) => eval::run_table(a, &cli.checkpoints),
         Command::Analyze(a) => analyze::run(a, &cli.checkpoints),
         Command::Figures(a) => figures::run(a),

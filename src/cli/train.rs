@@ -9,7 +9,7 @@ use covf::data::{Augment, DatasetKind};
 use covf::device::parse_device;
 use covf::models::Arch;
 use covf::optim::{LrSchedule, Precision};
-use covf::train::{fit, ApartConfig, EpochEvalSpec, Eps, FitOptions, MethodSpec, TrainSpec};
+use covf::train::{fit, ApartConfig, AttackBn, EpochEvalSpec, Eps, FitOptions, MethodSpec, TrainSpec};
 use covf::CovfError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -129,6 +129,10 @@ pub struct TrainArgs {
     /// GradAlign: radius of the finite-difference approximation of the alignment gradient.
     #[arg(long, default_value_t = 0.01, value_name = "R")]
     pub fd_radius: f32,
+    /// GradAlign: also differentiate through ∇x L(x), as the paper's formula reads (the reference code
+    /// detaches it, which is the default).
+    #[arg(long)]
+    pub gradalign_through_clean: bool,
     /// N-FGSM: noise magnitude k (δ0 ~ U(−kε, kε)).
     #[arg(long, default_value_t = 2.0, value_name = "K")]
     pub nfgsm_noise: f32,
@@ -169,8 +173,25 @@ pub struct TrainArgs {
     pub lr_milestones: Vec<f64>,
     #[arg(long, default_value_t = 0.1)]
     pub lr_gamma: f64,
+    /// SGD momentum (with the cyclic schedule: at the ends of the cycle, see --cycle-momentum).
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f64,
+    /// Cycle the momentum inversely to the cyclic rate, --momentum → --base-momentum at the peak → back, as
+    /// PyTorch's CyclicLR in fast_adversarial and the APART code [default: on with the cyclic schedule].
+    #[arg(long, overrides_with = "no_cycle_momentum")]
+    pub cycle_momentum: bool,
+    /// Keep the momentum fixed at --momentum.
+    #[arg(long, overrides_with = "cycle_momentum")]
+    pub no_cycle_momentum: bool,
+    /// The momentum at the learning-rate peak when it cycles (PyTorch CyclicLR's base_momentum).
+    #[arg(long, default_value_t = 0.8, value_name = "M")]
+    pub base_momentum: f64,
+    /// Batch norm while the method generates its training perturbation: train (batch statistics, and the
+    /// attack's forwards update the running statistics, as PyTorch's train mode), batch (batch statistics,
+    /// running statistics untouched) or eval (running statistics) [default: each method's reference code:
+    /// eval for atta, train otherwise].
+    #[arg(long, value_name = "MODE")]
+    pub attack_bn: Option<String>,
     #[arg(long, default_value_t = 5e-4)]
     pub weight_decay: f64,
     #[arg(long, default_value_t = 0)]
@@ -278,6 +299,7 @@ pub fn to_spec(a: &TrainArgs) -> covf::Result<TrainSpec> {
         MethodArg::GradAlign => MethodSpec::GradAlign {
             lambda: a.gradalign_lambda,
             fd_radius: a.fd_radius,
+            through_clean: a.gradalign_through_clean,
         },
         MethodArg::Nfgsm => MethodSpec::Nfgsm {
             alpha: alpha.unwrap_or(eps.value),
@@ -320,6 +342,18 @@ pub fn to_spec(a: &TrainArgs) -> covf::Result<TrainSpec> {
         dataset.default_augment()
     };
     let precision = Precision::parse(&a.dtype)?;
+    let attack_bn = match &a.attack_bn {
+        Some(s) => AttackBn::parse(s)?,
+        None => AttackBn::reference_for(&method),
+    };
+    let cyclic = matches!(schedule, LrSchedule::Cyclic { .. });
+    if a.cycle_momentum && !cyclic {
+        return Err(CovfError::spec(
+            "cycle momentum",
+            "--cycle-momentum needs --lr-schedule cyclic".to_string(),
+        ));
+    }
+    let cycle_momentum = (cyclic && !a.no_cycle_momentum).then_some(a.base_momentum);
     let name = a.name.clone().unwrap_or_else(|| {
         let base = TrainSpec::default_name(&method, dataset, arch, &eps, a.seed);
         // A mixed-precision run is another experiment: it must not resume or reuse the f32 run.
@@ -346,10 +380,12 @@ pub fn to_spec(a: &TrainArgs) -> covf::Result<TrainSpec> {
         batch_size: a.batch_size,
         schedule,
         momentum: a.momentum,
+        cycle_momentum,
         weight_decay: a.weight_decay,
         seed: a.seed,
         train_subset,
         augment,
+        attack_bn,
         save_every_epoch: a.save_every_epoch,
         device: a.device.clone(),
         precision,
@@ -447,6 +483,15 @@ mod tests {
         assert_eq!((s.epochs, s.train_subset), (4, None));
         assert_eq!(s.arch, Arch::PreActTiny);
         assert!(matches!(s.schedule, LrSchedule::Cyclic { max, .. } if max == 0.3));
+        // As fast_adversarial: attacks in train mode, momentum cycling 0.9 → 0.8 → 0.9.
+        assert_eq!(
+            (s.attack_bn, s.momentum, s.cycle_momentum),
+            (AttackBn::Train, 0.9, Some(0.8))
+        );
+        assert_eq!(spec_of(&["train", "--method", "atta"]).attack_bn, AttackBn::Eval);
+        let b = spec_of(&["train", "--attack-bn", "batch", "--no-cycle-momentum"]);
+        assert_eq!((b.attack_bn, b.cycle_momentum), (AttackBn::Batch, None));
+        assert_eq!(spec_of(&["train", "--lr-schedule", "constant"]).cycle_momentum, None);
         let m = spec_of(&["train", "--dataset", "mnist"]);
         assert_eq!((m.eps.value, m.epochs, m.train_subset), (0.3, 10, None));
         assert!(matches!(m.schedule, LrSchedule::Cyclic { max, .. } if max == 0.2));

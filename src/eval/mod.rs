@@ -21,7 +21,8 @@ use crate::attacks::{correct, per_sample_ce, Attack, AttackCtx};
 use crate::checkpoint::{atomic_write, RunDir};
 use crate::data::{self, Dataset};
 use crate::error::{CovfError, Result};
-use crate::models::{Classifier, Mode};
+use crate::model_file::ModelFile;
+use crate::models::{Classifier, Mode, PreActResNet};
 use crate::rng::Rng;
 use crate::train::{fit, Eps, TrainSpec};
 
@@ -65,11 +66,62 @@ pub fn evaluate(
     })
 }
 
-/// One run and the epochs of it to evaluate.
+/// One run and the epochs of it to evaluate, or one checkpoint file on its own.
 #[derive(Debug, Clone)]
 pub struct EvalTarget {
+    /// The run (for a lone file: its name, and the directory its results go beside).
     pub run: RunDir,
     pub epochs: Vec<usize>,
+    /// A checkpoint file outside a run directory (a copied covf checkpoint, a plain state dict).
+    pub file: Option<ModelFile>,
+}
+
+impl EvalTarget {
+    pub fn run(run: RunDir, epochs: Vec<usize>) -> Self {
+        EvalTarget {
+            run,
+            epochs,
+            file: None,
+        }
+    }
+
+    /// A lone checkpoint file: results go to `<its directory>/<its name>.eval/`.
+    pub fn file(f: ModelFile) -> Self {
+        let dir = f
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        EvalTarget {
+            run: RunDir {
+                name: f.name.clone(),
+                path: dir.join(format!("{}.eval", f.name)),
+            },
+            epochs: vec![f.epoch],
+            file: Some(f),
+        }
+    }
+
+    fn spec(&self) -> Result<TrainSpec> {
+        match &self.file {
+            Some(f) => Ok(f.spec.clone()),
+            None => self.run.read_spec(),
+        }
+    }
+
+    fn out_dir(&self) -> PathBuf {
+        match &self.file {
+            Some(_) => self.run.path.clone(),
+            None => self.run.path.join("eval"),
+        }
+    }
+
+    fn load(&self, train: &TrainSpec, epoch: usize, dev: &Device) -> Result<PreActResNet> {
+        Ok(match &self.file {
+            Some(f) => f.load(dev)?.0,
+            None => fit::load_model(train, &self.run.epoch_path(epoch), dev)?.0,
+        })
+    }
 }
 
 /// A validated `covf eval` request.
@@ -140,7 +192,7 @@ pub fn mean_epoch_seconds(run: &RunDir) -> Option<f64> {
 }
 
 /// The test images of a run's dataset, the seeded subset of size `n`.
-pub(crate) fn test_set(train: &TrainSpec, data_dir: Option<&Path>, n: usize) -> Result<Dataset> {
+pub fn test_set(train: &TrainSpec, data_dir: Option<&Path>, n: usize) -> Result<Dataset> {
     let dir = data_dir.or(train.data_dir.as_deref());
     let (_, test) = data::load(train.dataset, dir)?;
     if n > test.len() {
@@ -315,15 +367,13 @@ fn eval_autoattack(
 pub fn run(spec: &EvalSpec, dev: &Device) -> Result<Vec<EpochReport>> {
     let mut reports = Vec::new();
     for target in &spec.targets {
-        let train = target.run.read_spec()?;
+        let train = target.spec()?;
         let ds = test_set(&train, spec.data_dir.as_deref(), spec.n)?;
         let eps = spec.eps.as_ref().map(|e| e.value).unwrap_or(train.eps.value);
-        let out_dir = target.run.path.join("eval");
+        let out_dir = target.out_dir();
         for &epoch in &target.epochs {
             // Weight-detached: attacks only need input gradients, so no weight gradient is ever computed.
-            let model = fit::load_model(&train, &target.run.epoch_path(epoch), dev)?
-                .0
-                .detached();
+            let model = target.load(&train, epoch, dev)?.detached();
             // Only once a checkpoint has loaded: a run whose checkpoints cannot be read gets no eval/.
             std::fs::create_dir_all(&out_dir).map_err(|e| CovfError::io(&out_dir, e))?;
             if !spec.quiet {

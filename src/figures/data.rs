@@ -8,6 +8,7 @@ use polars::prelude::*;
 
 use super::style::{display_name, method_index};
 use crate::analysis::tidy;
+use crate::analysis::transfer::Source;
 use crate::error::{CovfError, Result};
 
 /// One line (or point set) of a chart.
@@ -250,16 +251,31 @@ impl StudyTables {
         strs(&df, "run", &p)
     }
 
-    /// Figure 2a: transfer strength per epoch per run, with the random-sign baseline.
+    /// Figure 2a as the paper draws it: plain FGSM generated on each run's checkpoints, transferred to the
+    /// reference, per epoch, with the random-sign baseline.
     pub fn fig2a(&self) -> Result<LineChart> {
+        self.transfer_chart(Source::Fgsm)
+    }
+
+    /// Transfer strength of the rows from one generator (`fgsm`: Figure 2a; `own`: the methods' own
+    /// generators, figure `2a-own`). Tables from before the `generator` column hold own-generator rows.
+    pub fn transfer_chart(&self, source: Source) -> Result<LineChart> {
         let (df, p) = self.read("transfer")?;
+        let keep: Vec<bool> = if df.column("attack").is_ok() {
+            strs(&df, "generator", &p)?.iter().map(|g| g == source.name()).collect()
+        } else {
+            vec![source == Source::Own; df.height()]
+        };
+        let pick = |v: Vec<String>| -> Vec<String> { v.into_iter().zip(&keep).filter(|x| *x.1).map(|x| x.0).collect() };
+        let pick_u = |v: Vec<u64>| -> Vec<u64> { v.into_iter().zip(&keep).filter(|x| *x.1).map(|x| x.0).collect() };
+        let pick_f = |v: Vec<f64>| -> Vec<f64> { v.into_iter().zip(&keep).filter(|x| *x.1).map(|x| x.0).collect() };
         let (runs, ms, ep, acc, random, reference) = (
-            strs(&df, "run", &p)?,
-            strs(&df, "method", &p)?,
-            u64s(&df, "epoch", &p)?,
-            f64s(&df, "acc_ref", &p)?,
-            f64s(&df, "random_acc", &p)?,
-            strs(&df, "reference", &p)?,
+            pick(strs(&df, "run", &p)?),
+            pick(strs(&df, "method", &p)?),
+            pick_u(u64s(&df, "epoch", &p)?),
+            pick_f(f64s(&df, "acc_ref", &p)?),
+            pick_f(f64s(&df, "random_acc", &p)?),
+            pick(strs(&df, "reference", &p)?),
         );
         let keys: Vec<(String, String)> = runs.iter().cloned().zip(ms.iter().cloned()).collect();
         let xs: Vec<f64> = ep.iter().map(|&e| e as f64).collect();
@@ -283,8 +299,12 @@ impl StudyTables {
             });
         }
         let reference = reference.first().cloned().unwrap_or_default();
+        let of = match source {
+            Source::Fgsm => "FGSM on each run's checkpoints",
+            Source::Own => "each method's own generator",
+        };
         Ok(LineChart {
-            title: format!("Transfer strength on {}", reference.replace('@', " epoch ")),
+            title: format!("Transfer strength on {} ({of})", reference.replace('@', " epoch ")),
             x_desc: "Epoch of the generating checkpoint".into(),
             y_desc: "Reference accuracy (%, lower = stronger)".into(),
             series,

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use data::{LineChart, StudyTables};
 use style::SIZE;
 
+use crate::analysis::transfer::Source;
 use crate::error::{CovfError, Result};
 
 /// Renders one generic drawing function `f(area, data)` with both backends.
@@ -36,7 +37,7 @@ macro_rules! both {
 }
 
 /// Every figure id, in order.
-pub const ALL: [&str; 7] = ["1a", "1b", "2a", "2b", "3", "4", "5"];
+pub const ALL: [&str; 8] = ["1a", "1b", "2a", "2a-own", "2b", "3", "4", "5"];
 
 /// Methods Figure 5 compares.
 pub const FIG5_METHODS: [&str; 2] = ["apart", "pgd10"];
@@ -46,7 +47,7 @@ pub fn needs(id: &str) -> &'static [&'static str] {
     match id {
         "1a" => &["perturbations"],
         "1b" => &["curves"],
-        "2a" => &["transfer"],
+        "2a" | "2a-own" => &["transfer"],
         "2b" => &["gap-pgd10"],
         "3" => &["steps"],
         "4" => &["tradeoff"],
@@ -122,6 +123,10 @@ pub fn render(id: &str, out: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
         }
         "2a" => {
             let c = nonempty(id, t.fig2a()?, &t)?;
+            both!(dir, &name, SIZE, fig2::draw_a, &c)
+        }
+        "2a-own" => {
+            let c = nonempty(id, t.transfer_chart(Source::Own)?, &t)?;
             both!(dir, &name, SIZE, fig2::draw_a, &c)
         }
         "2b" => {

@@ -96,22 +96,41 @@ impl ParamStore {
 
     /// Overwrites every tensor from `src`; names, shapes and dtypes must match exactly.
     pub fn load(&self, src: &HashMap<String, Tensor>, origin: &std::path::Path) -> Result<()> {
-        let missing: Vec<&String> = self.vars.keys().filter(|k| !src.contains_key(*k)).collect();
-        if !missing.is_empty() {
-            return Err(CovfError::checkpoint(
-                origin,
-                format!(
-                    "missing {} tensor(s) the model needs, e.g. {} (another architecture?)",
+        let names = |v: &mut Vec<&String>| {
+            v.sort();
+            let shown: Vec<&str> = v.iter().take(6).map(|s| s.as_str()).collect();
+            let more = if v.len() > 6 {
+                format!(" and {} more", v.len() - 6)
+            } else {
+                String::new()
+            };
+            format!("{}{more}", shown.join(", "))
+        };
+        let mut missing: Vec<&String> = self.vars.keys().filter(|k| !src.contains_key(*k)).collect();
+        let mut extra: Vec<&String> = src.keys().filter(|k| !self.vars.contains_key(*k)).collect();
+        if !missing.is_empty() || !extra.is_empty() {
+            let prefixed = extra.iter().any(|k| k.starts_with("module."));
+            let mut parts = Vec::new();
+            if !missing.is_empty() {
+                parts.push(format!(
+                    "missing {} tensor(s) the model needs: {}",
                     missing.len(),
-                    missing[0]
-                ),
-            ));
-        }
-        if let Some(extra) = src.keys().find(|k| !self.vars.contains_key(*k)) {
-            return Err(CovfError::checkpoint(
-                origin,
-                format!("tensor {extra} is not part of this model (another architecture?)"),
-            ));
+                    names(&mut missing)
+                ));
+            }
+            if !extra.is_empty() {
+                parts.push(format!(
+                    "{} tensor(s) not part of this model: {}",
+                    extra.len(),
+                    names(&mut extra)
+                ));
+            }
+            let hint = if prefixed {
+                "names start with 'module.' (saved from nn.DataParallel): save model.module.state_dict() instead"
+            } else {
+                "another architecture? (--arch)"
+            };
+            return Err(CovfError::checkpoint(origin, format!("{}; {hint}", parts.join("; "))));
         }
         for (name, var) in &self.vars {
             let t = &src[name];

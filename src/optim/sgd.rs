@@ -16,6 +16,8 @@ pub struct Sgd {
     bufs: BTreeMap<String, Tensor>,
     /// f16 training only: the loss is scaled before backpropagation (see scaler.rs).
     scaler: Option<LossScaler>,
+    /// (base momentum, peak learning rate): momentum cycles inversely to the rate (see `momentum_at`).
+    cycle: Option<(f64, f64)>,
 }
 
 impl Sgd {
@@ -27,6 +29,26 @@ impl Sgd {
             weight_decay,
             bufs: BTreeMap::new(),
             scaler: None,
+            cycle: None,
+        }
+    }
+
+    /// Cycles the momentum with a triangular 0 → `lr_max` → 0 rate as PyTorch's `CyclicLR` does with
+    /// `cycle_momentum=True`: at rate lr it is `momentum − (momentum − base)·lr/lr_max`, so `momentum` at
+    /// the ends and `base` at the peak.
+    pub fn with_momentum_cycle(mut self, base: f64, lr_max: f64) -> Self {
+        self.cycle = Some((base, lr_max));
+        self
+    }
+
+    /// The momentum a step at learning rate `lr` uses.
+    pub fn momentum_at(&self, lr: f64) -> f64 {
+        match self.cycle {
+            Some((base, lr_max)) if lr_max > 0.0 => {
+                let frac = (lr / lr_max).clamp(0.0, 1.0);
+                self.momentum - (self.momentum - base) * frac
+            }
+            _ => self.momentum,
         }
     }
 
@@ -66,6 +88,7 @@ impl Sgd {
     }
 
     fn apply(&mut self, grad_of: impl Fn(&Tensor) -> Result<Option<Tensor>>, lr: f64) -> Result<()> {
+        let momentum = self.momentum_at(lr);
         for (name, var) in &self.params {
             let Some(g) = grad_of(var.as_tensor())? else { continue };
             let w = var.as_tensor();
@@ -75,11 +98,11 @@ impl Sgd {
                 g
             };
             let b = match self.bufs.get(name) {
-                Some(b) if self.momentum != 0.0 => ((b * self.momentum)? + d)?,
+                Some(b) if momentum != 0.0 => ((b * momentum)? + d)?,
                 _ => d,
             };
             var.set(&(w - (&b * lr)?)?)?;
-            if self.momentum != 0.0 {
+            if momentum != 0.0 {
                 self.bufs.insert(name.clone(), b.detach());
             }
         }
@@ -148,5 +171,27 @@ mod tests {
         opt.step(&loss.backward().unwrap(), 0.25).unwrap();
         assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), vec![1.0, -0.5]);
         assert!(opt.state().is_empty());
+    }
+
+    #[test]
+    fn cycled_momentum_follows_the_rate_as_pytorch_cyclic_lr() {
+        // base 0.8, max 0.9, peak rate 0.2: at lr 0.1 (half way up) the momentum is 0.85.
+        let w = Var::new(&[1f32], &Device::Cpu).unwrap();
+        let mut opt = Sgd::new(vec![("w".into(), w.clone())], 0.9, 0.0).with_momentum_cycle(0.8, 0.2);
+        for (lr, want) in [(0.0, 0.9), (0.2, 0.8), (0.1, 0.85), (0.3, 0.8)] {
+            assert!(
+                (opt.momentum_at(lr) - want).abs() < 1e-12,
+                "lr {lr}: {}",
+                opt.momentum_at(lr)
+            );
+        }
+        // loss = 3w (g = 3): step 1 at lr 0.1: b = 3, w = 1 − 0.3 = 0.7; step 2 at lr 0.2 (μ = 0.8):
+        // b = 0.8·3 + 3 = 5.4, w = 0.7 − 1.08 = −0.38.
+        for lr in [0.1, 0.2] {
+            let loss = (w.as_tensor() * 3.0).unwrap().sum_all().unwrap();
+            opt.step(&loss.backward().unwrap(), lr).unwrap();
+        }
+        let v = w.as_tensor().to_vec1::<f32>().unwrap()[0];
+        assert!((v + 0.38).abs() < 1e-6, "{v}");
     }
 }

@@ -154,7 +154,7 @@ impl TrainMethod for ApartTraining {
         let deltas1: Vec<Option<Tensor>> = block_vars.iter().map(|v| Some(v.as_tensor().clone())).collect();
         let frozen = model.detached();
         let loss1 =
-            candle_nn::loss::cross_entropy(&frozen.forward_perturbed(x1.as_tensor(), &deltas1, Mode::ATTACK)?, y)?;
+            candle_nn::loss::cross_entropy(&frozen.forward_perturbed(x1.as_tensor(), &deltas1, ctx.attack_mode)?, y)?;
         let g1 = loss1.backward()?;
         let sign_of = |v: &Var| -> Result<Tensor> {
             Ok(match g1.get(v.as_tensor()) {

@@ -13,7 +13,7 @@ use super::{descend, MethodEnv, StepCtx, StepStats, TrainMethod};
 use crate::attacks::{project, sign_step};
 use crate::data::Batch;
 use crate::error::Result;
-use crate::models::{Mode, PreActResNet};
+use crate::models::PreActResNet;
 use crate::rng::Rng;
 
 /// Scale of the random values ATTA starts (and restarts) every stored perturbation from.
@@ -64,7 +64,7 @@ impl TrainMethod for AttaTraining {
         let frozen = model.detached();
         let mut delta = project(&self.store.gather(batch, x.device())?, x, self.eps)?;
         for _ in 0..self.steps {
-            delta = sign_step(&frozen, x, &delta, y, self.alpha, self.eps, Mode::ATTACK)?.0;
+            delta = sign_step(&frozen, x, &delta, y, self.alpha, self.eps, ctx.attack_mode)?.0;
         }
         self.store.scatter(batch, &delta)?;
         descend(model, batch, &delta, None, ctx)

@@ -19,7 +19,7 @@ use crate::error::{CovfError, Result};
 use crate::eval::evaluate;
 use crate::metrics::{self, EpochRecord};
 use crate::models::{self, ArchSpec, Classifier, Mode, PreActResNet};
-use crate::optim::{LossScaler, Sgd};
+use crate::optim::{LossScaler, LrSchedule, Sgd};
 use crate::rng::Rng;
 
 /// Seed of the fixed train/test subsets: the same images for every run, whatever its training seed.
@@ -275,6 +275,9 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
     let (model, store) = models::build(&arch, dev, spec.seed)?;
     let model = model.with_compute_dtype(spec.precision.dtype());
     let mut opt = Sgd::new(store.trainable(), spec.momentum, spec.weight_decay);
+    if let (Some(base), LrSchedule::Cyclic { max, .. }) = (spec.cycle_momentum, &spec.schedule) {
+        opt = opt.with_momentum_cycle(base, *max);
+    }
     if spec.precision.needs_loss_scaling() {
         opt = opt.with_loss_scaling(LossScaler::default());
     }
@@ -358,6 +361,7 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
                     opt: &mut opt,
                     lr,
                     rng: &mut step_rng,
+                    attack_mode: spec.attack_bn.mode(),
                     schedule: &spec.schedule,
                     t,
                 },

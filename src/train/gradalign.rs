@@ -6,9 +6,14 @@
 //! and batch-norm kernels have first-order backward passes only, so the weight gradient is taken by
 //! **finite differences**: with φ the alignment loss and v = ∂φ/∂g held fixed, ∇θ φ = J_gᵀ v, and
 //! J_gᵀ v = ∇θ (g·v) where g·v is the directional derivative of the loss along v,
-//! ≈ |v|·(L(x + r·v̂) − L(x − r·v̂))/(2r) (central difference, radius r). Both points of both gradients
-//! go through one forward pass of 4N inputs. Cost: two input-gradient passes (the first also gives
-//! the FGSM direction and the clean logits), the training pass and the 4N finite-difference pass.
+//! ≈ |v|·(L(x + r·v̂) − L(x − r·v̂))/(2r) (central difference, radius r). As the reference
+//! (tml-epfl train.py detaches the first gradient), only g2 = ∇x L(x + η) is differentiated: its two
+//! points go through one forward pass of 2N inputs. `through_clean` also differentiates g1 = ∇x L(x),
+//! as the formula reads (4N inputs); it roughly doubles the regulariser's pull. Cost: two input-gradient
+//! passes (the first also gives the FGSM direction and the clean logits), the training pass and the
+//! finite-difference pass. The finite-difference points use batch statistics without updating the
+//! running ones whatever `--attack-bn` says: they stand in for a double backward, which in PyTorch
+//! adds no forward pass of its own.
 
 use candle_core::{Tensor, D};
 
@@ -22,11 +27,17 @@ pub struct GradAlignTraining {
     eps: f32,
     lambda: f32,
     fd_radius: f32,
+    through_clean: bool,
 }
 
 impl GradAlignTraining {
-    pub fn new(eps: f32, lambda: f32, fd_radius: f32) -> Self {
-        GradAlignTraining { eps, lambda, fd_radius }
+    pub fn new(eps: f32, lambda: f32, fd_radius: f32, through_clean: bool) -> Self {
+        GradAlignTraining {
+            eps,
+            lambda,
+            fd_radius,
+            through_clean,
+        }
     }
 }
 
@@ -110,16 +121,21 @@ impl TrainMethod for GradAlignTraining {
     fn step(&mut self, model: &PreActResNet, batch: &Batch, ctx: &mut StepCtx) -> Result<StepStats> {
         let (x, y) = (&batch.x, &batch.y);
         let frozen = model.detached();
-        let (g1, clean) = input_grad(&frozen, x, &x.zeros_like()?, y, Mode::ATTACK)?;
+        let (g1, clean) = input_grad(&frozen, x, &x.zeros_like()?, y, ctx.attack_mode)?;
         let delta = project(&(g1.sign()? * f64::from(self.eps))?, x, self.eps)?;
         let logits = model.logits(&(x + &delta)?, Mode::TRAIN)?;
         let mut loss = candle_nn::loss::cross_entropy(&logits, y)?;
         if self.lambda > 0.0 {
             let eta = uniform_start(x, self.eps, ctx.rng)?;
             let x_eta = (x + &eta)?;
-            let (g2, _) = input_grad(&frozen, x, &eta, y, Mode::ATTACK)?;
+            let (g2, _) = input_grad(&frozen, x, &eta, y, ctx.attack_mode)?;
             let (v1, v2, _) = alignment_directions(&g1, &g2)?;
-            let reg = directional_fd(model, &[(x, &v1), (&x_eta, &v2)], y, self.fd_radius, Mode::ATTACK)?;
+            let pairs: &[(&Tensor, &Tensor)] = if self.through_clean {
+                &[(x, &v1), (&x_eta, &v2)]
+            } else {
+                &[(&x_eta, &v2)]
+            };
+            let reg = directional_fd(model, pairs, y, self.fd_radius, Mode::ATTACK)?;
             loss = (loss + (reg * f64::from(self.lambda))?)?;
         }
         ctx.update(&loss)?;

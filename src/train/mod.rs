@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::Tensor;
 
 pub use fit::{fit, fit_or_reuse, FitOptions, FitSummary, Reuse};
-pub use spec::{ApartConfig, EpochEvalSpec, Eps, MethodSpec, TrainSpec};
+pub use spec::{ApartConfig, AttackBn, EpochEvalSpec, Eps, MethodSpec, TrainSpec};
 
 use crate::attacks::{correct, per_sample_ce, Attack, AttackCtx};
 use crate::data::Batch;
@@ -35,6 +35,8 @@ pub struct StepCtx<'a> {
     /// The rate at the end of this step's stretch of the schedule (what a one-update method uses).
     pub lr: f64,
     pub rng: &'a mut Rng,
+    /// Batch norm of the forward passes that generate the training perturbation (`--attack-bn`).
+    pub attack_mode: Mode,
     pub schedule: &'a LrSchedule,
     /// The stretch of the schedule this step covers, in fractional epochs: [t.0, t.1]. Methods that
     /// update several times per minibatch (Free) spread their updates over it.
@@ -160,7 +162,7 @@ pub trait TrainMethod {
 }
 
 /// The step shared by methods that train on one generated perturbation per batch (fast_adversarial's
-/// loop): attack a weight-detached view in batch-statistics mode, then one SGD step on x + δ.
+/// loop): attack a weight-detached view (batch norm as `--attack-bn` says), then one SGD step on x + δ.
 pub fn perturb_then_descend(
     attack: &dyn Attack,
     model: &PreActResNet,
@@ -173,7 +175,7 @@ pub fn perturb_then_descend(
         &batch.x,
         &batch.y,
         &mut AttackCtx {
-            mode: Mode::ATTACK,
+            mode: ctx.attack_mode,
             rng: ctx.rng,
         },
     )?;
@@ -211,10 +213,23 @@ pub fn build_method(spec: &MethodSpec, env: &MethodEnv) -> Result<Box<dyn TrainM
         MethodSpec::Sfgsm { alpha, checkpoints } => Box::new(sfgsm::SfgsmTraining::new(eps, *alpha, *checkpoints)),
         MethodSpec::Apart(cfg) => Box::new(apart::ApartTraining::new(env, cfg.clone())?),
         MethodSpec::ApartSimple(cfg) => Box::new(apart_simple::ApartSimpleTraining::new(env, cfg.clone())?),
-        MethodSpec::GradAlign { lambda, fd_radius } => {
-            Box::new(gradalign::GradAlignTraining::new(eps, *lambda, *fd_radius))
-        }
+        MethodSpec::GradAlign {
+            lambda,
+            fd_radius,
+            through_clean,
+        } => Box::new(gradalign::GradAlignTraining::new(
+            eps,
+            *lambda,
+            *fd_radius,
+            *through_clean,
+        )),
         MethodSpec::Nfgsm { alpha, noise } => Box::new(nfgsm::NfgsmTraining::new(eps, *alpha, *noise)),
+        MethodSpec::External { label } => {
+            return Err(crate::CovfError::spec(
+                "method",
+                format!("'{label}' is a model covf did not train: there is no training method to build"),
+            ))
+        }
     })
 }
 
@@ -266,6 +281,12 @@ mod tests {
             MethodSpec::GradAlign {
                 lambda: 0.5,
                 fd_radius: 0.01,
+                through_clean: false,
+            },
+            MethodSpec::GradAlign {
+                lambda: 0.5,
+                fd_radius: 0.01,
+                through_clean: true,
             },
             MethodSpec::Nfgsm { alpha: 0.1, noise: 2.0 },
         ]
@@ -316,6 +337,10 @@ mod tests {
     }
 
     fn steps(s: &Setup, method: &mut dyn TrainMethod, opt: &mut Sgd, k: usize) -> Vec<StepStats> {
+        steps_in(s, method, opt, k, Mode::TRAIN)
+    }
+
+    fn steps_in(s: &Setup, method: &mut dyn TrainMethod, opt: &mut Sgd, k: usize, attack_mode: Mode) -> Vec<StepStats> {
         let schedule = LrSchedule::Constant { lr: 0.05 };
         let mut rng = Rng::new(3);
         (0..k)
@@ -328,6 +353,7 @@ mod tests {
                             opt,
                             lr: 0.05,
                             rng: &mut rng,
+                            attack_mode,
                             schedule: &schedule,
                             t: (i as f64 * 0.1, (i + 1) as f64 * 0.1),
                         },
@@ -419,6 +445,45 @@ mod tests {
                 assert_eq!(opt.loss_scale(), if p.needs_loss_scaling() { 65536.0 } else { 1.0 });
                 assert!(s.store.trainable().iter().all(|(_, v)| v.dtype() == DType::F32));
             }
+        }
+    }
+
+    #[test]
+    fn the_attack_bn_mode_decides_which_forwards_update_the_running_statistics() {
+        // Each TRAIN-mode forward bumps the counters once. FGSM: one attack forward, one update forward;
+        // PGD-3: three attack forwards. Train mode (PyTorch's) counts them all, batch and eval mode only the
+        // update pass; eval mode also reads the running statistics, so its δ differs from batch mode's.
+        let counter = |s: &Setup| {
+            let c = s.store.get("layer1.0.bn1.num_batches_tracked").unwrap();
+            c.as_tensor().to_scalar::<i64>().unwrap()
+        };
+        for (spec, attack_forwards) in [
+            (MethodSpec::Fgsm { alpha: 0.1 }, 1),
+            (
+                MethodSpec::Pgd {
+                    steps: 3,
+                    alpha: 0.04,
+                    restarts: 1,
+                },
+                3,
+            ),
+        ] {
+            let mut losses = Vec::new();
+            for (bn, per_step) in [
+                (AttackBn::Train, 1 + attack_forwards),
+                (AttackBn::Batch, 1),
+                (AttackBn::Eval, 1),
+            ] {
+                let s = setup(16);
+                let mut opt = Sgd::new(s.store.trainable(), 0.9, 0.0);
+                let mut m = build_method(&spec, &s.env).unwrap();
+                let st = steps_in(&s, m.as_mut(), &mut opt, 2, bn.mode());
+                assert_eq!(counter(&s), 2 * per_step, "{} {}", spec.label(), bn.name());
+                losses.push(st[0].loss_adv_sum);
+            }
+            // Train and batch mode attack with the same (batch) statistics: the same first step.
+            assert_eq!(losses[0], losses[1], "{}", spec.label());
+            assert_ne!(losses[1], losses[2], "{}", spec.label());
         }
     }
 

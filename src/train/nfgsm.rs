@@ -10,7 +10,7 @@ use super::{descend, StepCtx, StepStats, TrainMethod};
 use crate::attacks::input_grad;
 use crate::data::Batch;
 use crate::error::Result;
-use crate::models::{Classifier, Mode, PreActResNet};
+use crate::models::{Classifier, PreActResNet};
 
 pub struct NfgsmTraining {
     eps: f32,
@@ -28,7 +28,7 @@ impl NfgsmTraining {
         let k = self.noise * self.eps;
         let u = ctx.rng.uniform_tensor(x.dims(), -k, k, x.device())?;
         let d0 = ((x + u)?.clamp(0f32, 1f32)? - x)?;
-        let (g, _) = input_grad(model, x, &d0, y, Mode::ATTACK)?;
+        let (g, _) = input_grad(model, x, &d0, y, ctx.attack_mode)?;
         let d = (d0 + (g.sign()? * f64::from(self.alpha))?)?;
         Ok(((x + d)?.clamp(0f32, 1f32)? - x)?)
     }

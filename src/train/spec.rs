@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Augment, DatasetKind};
 use crate::error::{CovfError, Result};
-use crate::models::Arch;
+use crate::models::{Arch, Mode};
 use crate::optim::{LrSchedule, Precision};
 
 /// A perturbation budget in pixel units, kept with the text the user wrote (`8/255`, `0.3`).
@@ -88,16 +88,89 @@ pub enum MethodSpec {
     },
     Apart(ApartConfig),
     ApartSimple(ApartConfig),
-    /// FGSM + GradAlign, the alignment gradient by finite differences of radius `fd_radius`.
+    /// FGSM + GradAlign, the alignment gradient by finite differences of radius `fd_radius`. As the
+    /// reference, ∇x L(x) is held fixed and only ∇x L(x + η) is differentiated; `through_clean`
+    /// differentiates both, as the paper's formula reads.
     GradAlign {
         lambda: f32,
         fd_radius: f32,
+        #[serde(default = "differentiated_both")]
+        through_clean: bool,
     },
     /// N-FGSM: noise U(−noise·ε, noise·ε), one step α, no projection to the ε-ball.
     Nfgsm {
         alpha: f32,
         noise: f32,
     },
+    /// A model covf did not train (a plain state dict, or a checkpoint from before covf embedded its spec):
+    /// it can be evaluated and analysed, not trained; `label` is what tables call its method.
+    External {
+        label: String,
+    },
+}
+
+/// Batch norm while a training method generates its perturbation (the update pass always uses batch
+/// statistics and updates the running ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttackBn {
+    /// Batch statistics, running statistics left alone: what the evaluated model sees does not depend on
+    /// the number of attack steps (covf before the fidelity issue, and runs whose run.json predates it).
+    Batch,
+    /// PyTorch's train mode: batch statistics, and every attack forward also updates the running
+    /// statistics (fast_adversarial, APART, GradAlign, N-FGSM, S+FGSM's FGSM-RS step).
+    Train,
+    /// Running statistics (ATTA's `model.eval()` in its attack).
+    Eval,
+}
+
+impl AttackBn {
+    pub fn parse(s: &str) -> Result<AttackBn> {
+        match s {
+            "batch" => Ok(AttackBn::Batch),
+            "train" => Ok(AttackBn::Train),
+            "eval" => Ok(AttackBn::Eval),
+            _ => Err(CovfError::spec(
+                "attack batch norm",
+                format!("'{s}': use train, batch or eval"),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AttackBn::Batch => "batch",
+            AttackBn::Train => "train",
+            AttackBn::Eval => "eval",
+        }
+    }
+
+    /// The batch-norm mode of the attack's forward passes.
+    pub fn mode(self) -> Mode {
+        match self {
+            AttackBn::Batch => Mode::ATTACK,
+            AttackBn::Train => Mode::TRAIN,
+            AttackBn::Eval => Mode::EVAL,
+        }
+    }
+
+    /// What the method's reference code does: ATTA attacks in eval mode, every other reference in train mode.
+    pub fn reference_for(method: &MethodSpec) -> AttackBn {
+        match method {
+            MethodSpec::Atta { .. } => AttackBn::Eval,
+            _ => AttackBn::Train,
+        }
+    }
+
+    /// Runs written before the choice existed attacked with batch statistics.
+    fn legacy() -> AttackBn {
+        AttackBn::Batch
+    }
+}
+
+/// GradAlign runs whose run.json predates `through_clean` differentiated both gradients.
+fn differentiated_both() -> bool {
+    true
 }
 
 /// APART's generator settings (Algorithm 1; defaults and their sources in cli/train.rs).
@@ -142,13 +215,17 @@ impl MethodSpec {
             MethodSpec::ApartSimple(_) => "apart-simple".into(),
             MethodSpec::GradAlign { .. } => "gradalign".into(),
             MethodSpec::Nfgsm { .. } => "nfgsm".into(),
+            MethodSpec::External { label } => label.clone(),
         }
     }
 
     /// The fixed input step α, for methods that have one.
     pub fn alpha(&self) -> Option<f32> {
         match self {
-            MethodSpec::Clean | MethodSpec::Free { .. } | MethodSpec::GradAlign { .. } => None,
+            MethodSpec::Clean
+            | MethodSpec::Free { .. }
+            | MethodSpec::GradAlign { .. }
+            | MethodSpec::External { .. } => None,
             MethodSpec::Apart(c) | MethodSpec::ApartSimple(c) => Some(c.alpha_init),
             MethodSpec::Fgsm { alpha }
             | MethodSpec::FgsmRs { alpha }
@@ -168,6 +245,10 @@ impl MethodSpec {
             }
         }
         match self {
+            MethodSpec::External { label } => bad(
+                "method",
+                format!("'{label}' names a model covf did not train: it can be evaluated and analysed, not trained"),
+            ),
             MethodSpec::Pgd { steps, restarts, .. } if *steps == 0 || *restarts == 0 => bad(
                 "pgd",
                 format!("steps {steps} and restarts {restarts} must be at least 1"),
@@ -177,7 +258,7 @@ impl MethodSpec {
             MethodSpec::Sfgsm { checkpoints, .. } if *checkpoints == 0 => {
                 bad("sfgsm", "checkpoints must be at least 1".into())
             }
-            MethodSpec::GradAlign { lambda, fd_radius } if !(*lambda >= 0.0 && *fd_radius > 0.0) => bad(
+            MethodSpec::GradAlign { lambda, fd_radius, .. } if !(*lambda >= 0.0 && *fd_radius > 0.0) => bad(
                 "gradalign",
                 format!("λ {lambda} must be ≥ 0 and the finite-difference radius {fd_radius} > 0"),
             ),
@@ -233,11 +314,19 @@ pub struct TrainSpec {
     pub batch_size: usize,
     pub schedule: LrSchedule,
     pub momentum: f64,
+    /// With the cyclic schedule: the momentum at the learning-rate peak, cycling `momentum` → this →
+    /// `momentum` inversely to the rate (PyTorch's `CyclicLR(cycle_momentum=True)`, base_momentum 0.8).
+    /// None: fixed momentum (also every run whose run.json predates the option).
+    #[serde(default)]
+    pub cycle_momentum: Option<f64>,
     pub weight_decay: f64,
     pub seed: u64,
     pub train_subset: Option<usize>,
     pub augment: Augment,
     pub eval: EpochEvalSpec,
+    /// Batch norm while the method generates its training perturbation.
+    #[serde(default = "AttackBn::legacy")]
+    pub attack_bn: AttackBn,
     pub save_every_epoch: bool,
     pub device: String,
     /// Compute dtype of the training passes (master weights stay f32). Runs from before `--dtype` are f32.
@@ -285,6 +374,22 @@ impl TrainSpec {
                     self.momentum, self.weight_decay
                 ),
             );
+        }
+        if let Some(low) = self.cycle_momentum {
+            if !matches!(self.schedule, LrSchedule::Cyclic { .. }) {
+                return bad(
+                    "cycle momentum",
+                    "momentum cycles with the cyclic learning rate only: pass --no-cycle-momentum with another \
+                     schedule"
+                        .into(),
+                );
+            }
+            if !(0.0..=self.momentum).contains(&low) {
+                return bad(
+                    "cycle momentum",
+                    format!("base momentum {low} must be in [0, momentum {}]", self.momentum),
+                );
+            }
         }
         if self.eval.test_subset == 0 || self.eval.pgd_steps == 0 {
             return bad("evaluation", "test subset and PGD steps must be at least 1".into());
