@@ -124,17 +124,9 @@ fn external_spec(name: &str, label: &str, arch: Arch, dataset: DatasetKind, eps:
     }
 }
 
-/// The budget a plain model is evaluated at unless `--eps` says otherwise: covf's default per dataset.
-pub fn default_eps(dataset: DatasetKind) -> Eps {
-    let text = match dataset {
-        DatasetKind::FashionMnist => "0.15",
-        DatasetKind::Mnist => "0.3",
-        DatasetKind::Cifar10 | DatasetKind::Cifar100 => "8/255",
-    };
-    Eps {
-        value: Eps::parse(text).map_or(0.0, |e| e.value),
-        text: text.into(),
-    }
+/// The budget a plain model is evaluated at unless `--eps` says otherwise: covf's default on its dataset.
+pub fn default_eps(dataset: DatasetKind) -> Result<Eps> {
+    Eps::parse(dataset.default_eps())
 }
 
 impl ModelFile {
@@ -164,7 +156,10 @@ impl ModelFile {
             .normalize
             .as_ref()
             .ok_or_else(|| need("input normalisation (MEAN/STD, or none)", "--normalize"))?;
-        let eps = foreign.eps.clone().unwrap_or_else(|| default_eps(dataset));
+        let eps = match &foreign.eps {
+            Some(e) => e.clone(),
+            None => default_eps(dataset)?,
+        };
         let mut a = ArchSpec::new(arch, dataset);
         set_normalization(&mut a, normalize, path)?;
         Ok(ModelFile {

@@ -313,10 +313,14 @@ fn same_seed_gives_bit_identical_checkpoints_and_another_seed_does_not() {
         &ck("a", "train-state.safetensors"),
         &ck("b", "train-state.safetensors")
     ));
-    // The metadata differs only by the run's name.
+    // The metadata differs only by the run's name (also inside the embedded training spec).
     let meta = |n: &str| {
         let mut m = covf::checkpoint::read_metadata(&ck(n, "epoch-004.safetensors")).unwrap();
         m.remove("run");
+        let mut spec: serde_json::Value = serde_json::from_str(&m.remove("train_spec").unwrap()).unwrap();
+        assert_eq!(spec["name"], n);
+        spec["name"] = serde_json::Value::Null;
+        m.insert("train_spec".into(), spec.to_string());
         m
     };
     assert_eq!(meta("a"), meta("b"));

@@ -75,7 +75,7 @@ pub fn baseline(ctx: &AnalysisCtx, reference: &EpochRef, kind: NoiseKind, eps: f
         &eps.to_string(),
         &ctx.key_parts(),
     ]);
-    ctx.cache("random").get_or(&key, || {
+    let row = ctx.cache("random").get_or(&key, || {
         let ds = ctx.test_set(&reference.spec)?;
         let (model, _) = reference.load(&ctx.device)?;
         let pb = ctx.progress(
@@ -99,6 +99,11 @@ pub fn baseline(ctx: &AnalysisCtx, reference: &EpochRef, kind: NoiseKind, eps: f
             accuracy: mean(&ok),
             loss: mean(&loss),
         })
+    })?;
+    // Keyed by content: the entry may come from a byte-identical copy of the reference under another name.
+    Ok(RandomRow {
+        reference: reference.label(),
+        ..row
     })
 }
 

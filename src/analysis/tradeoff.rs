@@ -70,7 +70,7 @@ pub fn evaluate(ctx: &AnalysisCtx, a: &EpochRef, eps_eval: f32, steps: usize) ->
         &format!("eps_eval={eps_eval} pgd{steps}"),
         &ctx.key_parts(),
     ]);
-    ctx.cache("tradeoff").get_or(&key, || {
+    let row = ctx.cache("tradeoff").get_or(&key, || {
         let ds = ctx.test_set(&a.spec)?;
         let (model, _) = a.load(&ctx.device)?;
         let pb = ctx.progress(
@@ -100,6 +100,13 @@ pub fn evaluate(ctx: &AnalysisCtx, a: &EpochRef, eps_eval: f32, steps: usize) ->
             robust: mean(&robust),
             pgd_steps: steps as u64,
         })
+    })?;
+    // Keyed by content: the entry may come from a byte-identical checkpoint under another name.
+    Ok(TradeoffRow {
+        run: a.run.name.clone(),
+        method: a.spec.method.label(),
+        epoch: a.epoch as u64,
+        ..row
     })
 }
 

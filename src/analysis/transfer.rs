@@ -133,8 +133,12 @@ pub fn one(ctx: &AnalysisCtx, reference: &EpochRef, a: &EpochRef, source: Source
     check_compatible(reference, a)?;
     let eps = a.spec.eps.value;
     let random_acc = random::baseline(ctx, reference, NoiseKind::Sign, eps)?.accuracy;
-    let (model_a, ck) = a.load(&ctx.device)?;
-    let generator = source.generator(a, &ck)?;
+    // The generator needs only the checkpoint's metadata (APART's α1); the weights load on a cache miss.
+    let meta = crate::checkpoint::Checkpoint {
+        tensors: Default::default(),
+        meta: crate::checkpoint::read_metadata(&a.path())?,
+    };
+    let generator = source.generator(a, &meta)?;
     let key = cache::key(&[
         &a.content_hash()?,
         &reference.content_hash()?,
@@ -143,6 +147,7 @@ pub fn one(ctx: &AnalysisCtx, reference: &EpochRef, a: &EpochRef, source: Source
     ]);
     let row = ctx.cache("transfer").get_or(&key, || {
         let ds = ctx.test_set(&a.spec)?;
+        let (model_a, _) = a.load(&ctx.device)?;
         let (model_ref, _) = reference.load(&ctx.device)?;
         let pb = ctx.progress(
             ds.len().div_ceil(ctx.batch_size.max(1)),
@@ -173,9 +178,14 @@ pub fn one(ctx: &AnalysisCtx, reference: &EpochRef, a: &EpochRef, source: Source
             random_acc,
         })
     })?;
-    // A cached FGSM row serves a run whose own generator is FGSM: it names the source asked for.
+    // The cache is keyed by content: an entry may have been computed for a byte-identical checkpoint under
+    // another name (a copied file), or for FGSM's own generator as plain FGSM. The row names what was asked.
     Ok(TransferRow {
+        run: a.run.name.clone(),
+        method: a.spec.method.label(),
+        epoch: a.epoch as u64,
         generator: source.name().into(),
+        reference: reference.label(),
         ..row
     })
 }

@@ -238,7 +238,7 @@ fn checkpoints(c: &Common, runs: &[RunDir]) -> Result<Vec<EpochRef>, CovfError> 
     let foreign = c.foreign.to_foreign(None)?;
     for r in c.runs.iter().filter(|r| Path::new(r).is_file()) {
         if let Target::File(f) = resolve_target(r, Path::new("."), &foreign)? {
-            out.push(EpochRef::from_file(f));
+            out.push(EpochRef::from_file(*f));
         }
     }
     Ok(out)
@@ -250,7 +250,7 @@ fn reference(arg: &RefArg, common: &Common, runs: &[RunDir], root: &Path) -> Res
         let p = Path::new(r);
         if p.is_file() {
             if let Target::File(f) = resolve_target(r, root, &common.foreign.to_foreign(None)?)? {
-                return Ok(EpochRef::from_file(f));
+                return Ok(EpochRef::from_file(*f));
             }
         }
         let (name, epoch) = match r.rsplit_once('@') {

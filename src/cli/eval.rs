@@ -143,7 +143,7 @@ pub(crate) enum Target {
     /// A run, and the epoch when an `epoch-NNN` file inside its directory was named.
     Run(RunDir, Option<usize>),
     /// A checkpoint file on its own.
-    File(ModelFile),
+    File(Box<ModelFile>),
 }
 
 /// A run named under `root`, a run directory, an epoch checkpoint in a run directory, or any checkpoint
@@ -158,7 +158,7 @@ pub(crate) fn resolve_target(target: &str, root: &Path, foreign: &Foreign) -> Re
         if let (Some(epoch), true) = (epoch_of_name(p), dir.join("run.json").is_file()) {
             return Ok(Target::Run(run_at(dir)?, Some(epoch)));
         }
-        return Ok(Target::File(ModelFile::open(p, foreign)?));
+        return Ok(Target::File(Box::new(ModelFile::open(p, foreign)?)));
     }
     let (run, epoch) = resolve(target, root)?;
     Ok(Target::Run(run, epoch))
@@ -255,7 +255,7 @@ pub fn to_spec(a: &EvalArgs, root: &Path) -> Result<EvalSpec, CovfError> {
     for t in &a.targets {
         let (run, epoch) = match resolve_target(t, root, &foreign)? {
             Target::File(f) => {
-                targets.push(EvalTarget::file(f));
+                targets.push(EvalTarget::file(*f));
                 continue;
             }
             Target::Run(run, epoch) => (run, epoch),

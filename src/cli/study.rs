@@ -486,7 +486,7 @@ draw = ["1a", "2a"]
                 .count(),
             2
         );
-        assert_eq!(s.figures.len(), 7);
+        assert_eq!(s.figures.len(), 8);
     }
 
     #[test]

@@ -46,7 +46,6 @@ pub enum ScheduleArg {
 /// Defaults of the CPU setting (Fashion-MNIST) chosen so that FGSM overfits catastrophically
 /// within the run and PGD-10 does not; how they were found: docs/default-setting.md.
 pub mod fmnist_defaults {
-    pub const EPS: &str = "0.15";
     pub const EPOCHS: usize = 4;
     pub const LR_MAX: f64 = 0.3;
     /// APART's step-size rate and L2 penalty at this scale (docs/methods.md).
@@ -77,8 +76,7 @@ fn apart_config(a: &TrainArgs, dataset: DatasetKind, eps: &Eps) -> ApartConfig {
     }
 }
 
-/// Defaults elsewhere: MNIST at its usual ε = 0.3; CIFAR as fast_adversarial (ε = 8/255, cyclic 0.2).
-const MNIST_EPS: &str = "0.3";
+/// Defaults elsewhere: MNIST 10 epochs; CIFAR as fast_adversarial (cyclic 0.2); ε per dataset: DatasetKind::default_eps.
 const MNIST_EPOCHS: usize = 10;
 const CIFAR_EPOCHS: usize = 30;
 const LR_MAX: f64 = 0.2;
@@ -241,11 +239,7 @@ fn small_images(d: DatasetKind) -> bool {
 pub fn to_spec(a: &TrainArgs) -> covf::Result<TrainSpec> {
     let dataset = DatasetKind::parse(&a.dataset)?;
     let small = small_images(dataset);
-    let eps = Eps::parse(a.eps.as_deref().unwrap_or(match dataset {
-        DatasetKind::FashionMnist => fmnist_defaults::EPS,
-        DatasetKind::Mnist => MNIST_EPS,
-        _ => "8/255",
-    }))?;
+    let eps = Eps::parse(a.eps.as_deref().unwrap_or(dataset.default_eps()))?;
     let arch = match &a.arch {
         Some(s) => Arch::parse(s)?,
         None if small => Arch::PreActTiny,

@@ -106,6 +106,16 @@ impl DatasetKind {
         }
     }
 
+    /// covf's default budget ε on this dataset, as written: Fashion-MNIST 0.15 (the CPU setting that shows
+    /// CO, docs/default-setting.md), MNIST its usual 0.3, CIFAR fast_adversarial's 8/255.
+    pub fn default_eps(self) -> &'static str {
+        match self {
+            DatasetKind::FashionMnist => "0.15",
+            DatasetKind::Mnist => "0.3",
+            DatasetKind::Cifar10 | DatasetKind::Cifar100 => "8/255",
+        }
+    }
+
     /// Per-channel mean and std applied inside the model, so attacks work in pixel space.
     pub fn normalization(self) -> (Vec<f32>, Vec<f32>) {
         match self {
