@@ -99,8 +99,8 @@ pub fn summarize(la: &[f32], lb: &[f32]) -> (f64, f64, [f64; 3]) {
 
 /// G_B,i(A) for one checkpoint with B = PGD-`b_steps` (cached).
 pub fn one(ctx: &AnalysisCtx, a: &EpochRef, b_steps: usize) -> Result<GapRow> {
-    let key = cache::key(&[&a.content_hash()?, &format!("pgd{b_steps}"), &ctx.key_parts()]);
-    let row = ctx.cache("gap").get_or(&key, || {
+    let key = cache::key(&[&a.cache_id()?, &format!("pgd{b_steps}"), &ctx.key_parts()]);
+    ctx.cache("gap").get_or(&key, || {
         let ds = ctx.test_set(&a.spec)?;
         let (model, ck) = a.load(&ctx.device)?;
         let eps = a.spec.eps.value;
@@ -140,13 +140,6 @@ pub fn one(ctx: &AnalysisCtx, a: &EpochRef, b_steps: usize) -> Result<GapRow> {
             acc_a: mean(&ca),
             acc_b: mean(&cb),
         })
-    })?;
-    // Keyed by content: a byte-identical checkpoint of another name may have filled the entry.
-    Ok(GapRow {
-        run: a.run.name.clone(),
-        method: a.spec.method.label(),
-        epoch: a.epoch as u64,
-        ..row
     })
 }
 

@@ -148,6 +148,12 @@ impl EpochRef {
     pub fn content_hash(&self) -> Result<String> {
         cache::file_hash(&self.path())
     }
+
+    /// The key part of cached results that name this checkpoint: its content and its label, so that a
+    /// byte-identical copy under another name (a copied file) gets rows under its own name.
+    pub fn cache_id(&self) -> Result<String> {
+        Ok(format!("{} {}", self.content_hash()?, self.label()))
+    }
 }
 
 /// Every epoch checkpoint of a run, oldest first (an error if it has none).

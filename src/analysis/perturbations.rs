@@ -128,8 +128,8 @@ pub fn one(ctx: &AnalysisCtx, a: &EpochRef, examples: usize) -> Result<Vec<Pixel
     if examples == 0 {
         return Err(CovfError::spec("--examples", "must be at least 1"));
     }
-    let key = cache::key(&[&a.content_hash()?, &format!("examples={examples}"), &ctx.key_parts()]);
-    let rows: Vec<PixelRow> = ctx.cache("perturbations").get_or(&key, || {
+    let key = cache::key(&[&a.cache_id()?, &format!("examples={examples}"), &ctx.key_parts()]);
+    ctx.cache("perturbations").get_or(&key, || {
         let ds = ctx.test_set(&a.spec)?;
         let k = examples.min(ds.len());
         let positions: Vec<usize> = (0..k).collect();
@@ -152,17 +152,7 @@ pub fn one(ctx: &AnalysisCtx, a: &EpochRef, examples: usize) -> Result<Vec<Pixel
         let adv = predict(&(&b.x + &p.delta)?)?;
         let y: Vec<u32> = b.y.to_vec1()?;
         pixel_rows(a, &b.x, &p.delta, &y, (&clean, &adv))
-    })?;
-    // Keyed by content: the entry may come from a byte-identical checkpoint under another name.
-    Ok(rows
-        .into_iter()
-        .map(|r| PixelRow {
-            run: a.run.name.clone(),
-            method: a.spec.method.label(),
-            epoch: a.epoch as u64,
-            ..r
-        })
-        .collect())
+    })
 }
 
 /// Every given checkpoint.

@@ -69,13 +69,8 @@ impl TidyRow for RandomRow {
 
 /// The reference model's accuracy and loss under one kind of noise at `eps` (cached).
 pub fn baseline(ctx: &AnalysisCtx, reference: &EpochRef, kind: NoiseKind, eps: f32) -> Result<RandomRow> {
-    let key = cache::key(&[
-        &reference.content_hash()?,
-        kind.name(),
-        &eps.to_string(),
-        &ctx.key_parts(),
-    ]);
-    let row = ctx.cache("random").get_or(&key, || {
+    let key = cache::key(&[&reference.cache_id()?, kind.name(), &eps.to_string(), &ctx.key_parts()]);
+    ctx.cache("random").get_or(&key, || {
         let ds = ctx.test_set(&reference.spec)?;
         let (model, _) = reference.load(&ctx.device)?;
         let pb = ctx.progress(
@@ -99,11 +94,6 @@ pub fn baseline(ctx: &AnalysisCtx, reference: &EpochRef, kind: NoiseKind, eps: f
             accuracy: mean(&ok),
             loss: mean(&loss),
         })
-    })?;
-    // Keyed by content: the entry may come from a byte-identical copy of the reference under another name.
-    Ok(RandomRow {
-        reference: reference.label(),
-        ..row
     })
 }
 

@@ -66,11 +66,11 @@ pub fn evaluate(ctx: &AnalysisCtx, a: &EpochRef, eps_eval: f32, steps: usize) ->
         return Err(CovfError::spec("--eps-eval", format!("{eps_eval}: must be in (0, 1]")));
     }
     let key = cache::key(&[
-        &a.content_hash()?,
+        &a.cache_id()?,
         &format!("eps_eval={eps_eval} pgd{steps}"),
         &ctx.key_parts(),
     ]);
-    let row = ctx.cache("tradeoff").get_or(&key, || {
+    ctx.cache("tradeoff").get_or(&key, || {
         let ds = ctx.test_set(&a.spec)?;
         let (model, _) = a.load(&ctx.device)?;
         let pb = ctx.progress(
@@ -100,13 +100,6 @@ pub fn evaluate(ctx: &AnalysisCtx, a: &EpochRef, eps_eval: f32, steps: usize) ->
             robust: mean(&robust),
             pgd_steps: steps as u64,
         })
-    })?;
-    // Keyed by content: the entry may come from a byte-identical checkpoint under another name.
-    Ok(TradeoffRow {
-        run: a.run.name.clone(),
-        method: a.spec.method.label(),
-        epoch: a.epoch as u64,
-        ..row
     })
 }
 

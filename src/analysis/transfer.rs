@@ -140,8 +140,8 @@ pub fn one(ctx: &AnalysisCtx, reference: &EpochRef, a: &EpochRef, source: Source
     };
     let generator = source.generator(a, &meta)?;
     let key = cache::key(&[
-        &a.content_hash()?,
-        &reference.content_hash()?,
+        &a.cache_id()?,
+        &reference.cache_id()?,
         &generator.describe(),
         &ctx.key_parts(),
     ]);
@@ -178,14 +178,9 @@ pub fn one(ctx: &AnalysisCtx, reference: &EpochRef, a: &EpochRef, source: Source
             random_acc,
         })
     })?;
-    // The cache is keyed by content: an entry may have been computed for a byte-identical checkpoint under
-    // another name (a copied file), or for FGSM's own generator as plain FGSM. The row names what was asked.
+    // A cached FGSM row serves a run whose own generator is FGSM: it names the source asked for.
     Ok(TransferRow {
-        run: a.run.name.clone(),
-        method: a.spec.method.label(),
-        epoch: a.epoch as u64,
         generator: source.name().into(),
-        reference: reference.label(),
         ..row
     })
 }
