@@ -1,7 +1,9 @@
 //! Run directories, safetensors checkpoints with metadata, atomic writes, and the state a resume needs.
 //!
 //! Layout of `checkpoints/<run>/`: `run.json` (the validated spec), `epoch-NNN.safetensors`
-//! (weights + BN buffers under PyTorch's names, metadata strings), `train-state.safetensors`
+//! (weights + BN buffers under PyTorch's names, metadata strings), beside it for methods with per-example
+//! state the analyses' generators use `epoch-NNN.train-images.safetensors` (that state on the analyses'
+//! training images, with their ids), `train-state.safetensors`
 //! (momentum buffers; metadata: last complete epoch and the metric rows so far), `metrics.parquet`/`.csv`.
 //! Every file is written to a temporary name, fsynced and renamed, so a crash never leaves a torn file.
 
@@ -17,6 +19,14 @@ use crate::train::spec::{validate_run_name, TrainSpec};
 
 pub const COVF_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const FORMAT: &str = "covf-checkpoint-1";
+
+/// Where the per-example state kept for the analyses' training images lives for the checkpoint at
+/// `checkpoint`: `<stem>.train-images.safetensors` beside it (so a checkpoint copied with it keeps it).
+pub fn train_images_path(checkpoint: &Path) -> PathBuf {
+    let name = checkpoint.file_name().and_then(|f| f.to_str()).unwrap_or("checkpoint");
+    let stem = name.strip_suffix(".safetensors").unwrap_or(name);
+    checkpoint.with_file_name(format!("{stem}.train-images.safetensors"))
+}
 
 /// Writes `bytes` to `path` atomically: temp file in the same directory, fsync, rename, fsync the directory.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -206,6 +216,12 @@ impl RunDir {
 
     pub fn epoch_path(&self, epoch: usize) -> PathBuf {
         self.path.join(format!("epoch-{epoch:03}.safetensors"))
+    }
+
+    /// The method's per-example state on the analyses' training images after `epoch` (APART's ω),
+    /// beside the epoch checkpoint; see `train_images_path`.
+    pub fn train_images_path(&self, epoch: usize) -> PathBuf {
+        train_images_path(&self.epoch_path(epoch))
     }
 
     pub fn exists(&self) -> bool {

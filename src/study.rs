@@ -10,7 +10,7 @@ use candle_core::Device;
 use serde::Serialize;
 
 use crate::analysis::co::CoCriteria;
-use crate::analysis::{self, tidy, AnalysisCtx, EpochRef};
+use crate::analysis::{self, tidy, AnalysisCtx, EpochRef, Images};
 use crate::checkpoint::{atomic_write, RunDir};
 use crate::error::{CovfError, Result};
 use crate::train::spec::validate_run_name;
@@ -47,6 +47,8 @@ pub struct StudySpec {
     /// `analyses/<name>`: tables in `out/`, figures in `figures/`.
     pub dir: PathBuf,
     pub n: usize,
+    /// The images every analysis uses (`[study] images`).
+    pub images: Images,
     pub seed: u64,
     pub batch_size: usize,
     pub runs: Vec<StudyRun>,
@@ -184,6 +186,7 @@ pub fn run(spec: &StudySpec, root: &Path, dev: &Device, quiet: bool) -> Result<S
     let ctx = AnalysisCtx {
         out: spec.out(),
         n: spec.n,
+        images: spec.images,
         batch_size: spec.batch_size,
         seed: spec.seed,
         force: false,

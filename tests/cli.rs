@@ -946,8 +946,69 @@ fn analyze_measures_transfer_gap_curves_steps_and_the_co_verdict_with_a_cache() 
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(table(&out.join("random.parquet")).height(), 2);
 
+    // On training images APART's own generator starts from its ω at that epoch, kept beside each
+    // checkpoint for the run's first 512 (all, here) of the analyses' training images; the FGSM run's
+    // generator is unchanged, and the random baseline is measured on the same training images.
+    for e in 1..=2 {
+        let kept = dir
+            .path()
+            .join(format!("checkpoints/a/epoch-00{e}.train-images.safetensors"));
+        let t = covf::checkpoint::load_tensors(&kept, &candle_core::Device::Cpu)
+            .unwrap()
+            .0;
+        assert_eq!(t["omega"].dims(), &[512, 1, 28, 28]);
+        assert_eq!(t["image_ids"].dims(), &[512]);
+    }
+    assert!(!dir
+        .path()
+        .join("checkpoints/f/epoch-001.train-images.safetensors")
+        .exists());
+    let o = covf(
+        &[
+            "analyze", "transfer", "--runs", "f", "a", "--ref", "p", "--images", "train", "--n", "64", "--study", "t",
+            "--quiet",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let tt = table(&dir.path().join("analyses/t/out/transfer.parquet"));
+    assert_eq!(tt.height(), 8);
+    assert!(strs(&tt, "images").iter().all(|i| i == "train"));
+    let (tg, ta, truns) = (strs(&tt, "generator"), strs(&tt, "attack"), strs(&tt, "run"));
+    for i in 0..8 {
+        match (truns[i].as_str(), tg[i].as_str()) {
+            ("a", "own") => assert!(ta[i].starts_with("learned-init("), "{}", ta[i]),
+            _ => assert!(ta[i].starts_with("step("), "{}", ta[i]),
+        }
+    }
+    let train_rnd = f64s(&tt, "random_acc");
+    assert!(train_rnd.iter().all(|&r| r == train_rnd[0]));
+    assert!(strs(&tr, "images").iter().all(|i| i == "test"));
+    // More training images than the run trains on, or a checkpoint whose ω was not kept: refused.
+    let o = covf(
+        &[
+            "analyze", "transfer", "--runs", "a", "--ref", "p", "--images", "train", "--n", "600", "--study", "t",
+        ],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("trains on 512"), "{}", text(&o));
+    std::fs::remove_file(dir.path().join("checkpoints/a/epoch-001.train-images.safetensors")).unwrap();
+    let o = covf(
+        &[
+            "analyze", "gap", "--runs", "a", "--epochs", "1", "--images", "train", "--n", "64", "--study", "t",
+        ],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("epoch-001.train-images.safetensors"), "{}", text(&o));
+
     // Bad input: exit 2 and a message naming the fault.
     for (args, needle) in [
+        (
+            &["analyze", "transfer", "--runs", "f", "--ref", "p", "--images", "val"][..],
+            "val",
+        ),
         (&["analyze", "transfer", "--runs", "f", "--ref", "nosuch"][..], "nosuch"),
         (&["analyze", "gap", "--runs", "f", "--ref", "pgdx"][..], "pgdx"),
         (&["analyze", "co", "--runs", "f", "--ref", "p@9"][..], "epoch 9"),

@@ -54,7 +54,7 @@ impl TidyRow for CurveRow {
 pub fn pgd_accuracy(ctx: &AnalysisCtx, a: &EpochRef, steps: usize) -> Result<(f64, u64)> {
     let key = cache::key(&[&a.content_hash()?, &format!("pgd{steps}"), &ctx.key_parts()]);
     ctx.cache("curves").get_or(&key, || {
-        let ds = ctx.test_set(&a.spec)?;
+        let ds = ctx.image_set(&a.spec)?;
         let (model, _) = a.load(&ctx.device)?;
         let pb = ctx.progress(
             ds.len().div_ceil(ctx.batch_size.max(1)),

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::generator::Generator;
+use super::generator::own_generator;
 use super::tidy::{Cell, Kind, TidyRow};
 use super::{cache, mean, per_sample, perturbed_batches, quantile, std_dev, AnalysisCtx, EpochRef};
 use crate::attacks::Pgd;
@@ -25,6 +25,8 @@ pub struct GapRow {
     /// The stronger attack B, `pgd10` or `pgd20`.
     pub attack_b: String,
     pub eps: f64,
+    /// `test` or `train` (`--images`).
+    pub images: String,
     pub n: u64,
     /// L(δ_A): mean cross-entropy of θ_A^(i) at x + f_A.
     pub loss_a: f64,
@@ -51,6 +53,7 @@ impl TidyRow for GapRow {
             ("generator", Kind::Str),
             ("attack_b", Kind::Str),
             ("eps", Kind::F64),
+            ("images", Kind::Str),
             ("n", Kind::U64),
             ("loss_a", Kind::F64),
             ("loss_b", Kind::F64),
@@ -72,6 +75,7 @@ impl TidyRow for GapRow {
             Cell::Str(self.generator.clone()),
             Cell::Str(self.attack_b.clone()),
             Cell::F64(self.eps),
+            Cell::Str(self.images.clone()),
             Cell::U64(Some(self.n)),
             Cell::F64(self.loss_a),
             Cell::F64(self.loss_b),
@@ -101,10 +105,10 @@ pub fn summarize(la: &[f32], lb: &[f32]) -> (f64, f64, [f64; 3]) {
 pub fn one(ctx: &AnalysisCtx, a: &EpochRef, b_steps: usize) -> Result<GapRow> {
     let key = cache::key(&[&a.cache_id()?, &format!("pgd{b_steps}"), &ctx.key_parts()]);
     ctx.cache("gap").get_or(&key, || {
-        let ds = ctx.test_set(&a.spec)?;
+        let ds = ctx.image_set(&a.spec)?;
         let (model, ck) = a.load(&ctx.device)?;
         let eps = a.spec.eps.value;
-        let generator = Generator::for_run(&a.spec, &ck)?;
+        let generator = own_generator(ctx, a, &ck)?;
         let nb = ds.len().div_ceil(ctx.batch_size.max(1));
         let pb = ctx.progress(2 * nb, format!("gap {} vs pgd{b_steps}", a.label()));
         let mut rng = Rng::derive(ctx.seed, "gap/a", a.epoch as u64);
@@ -129,6 +133,7 @@ pub fn one(ctx: &AnalysisCtx, a: &EpochRef, b_steps: usize) -> Result<GapRow> {
             generator: generator.describe(),
             attack_b: format!("pgd{b_steps}"),
             eps: f64::from(eps),
+            images: ctx.images.name().into(),
             n: ds.len() as u64,
             loss_a: mean(&la),
             loss_b: mean(&lb),

@@ -12,21 +12,28 @@
 //!   compared within the same budget (training itself does not project).
 //! - `apart`, `apart-simple`: clamp(α_ω·ω + α1·sign(∇x L(x + α_ω·ω)), ±ε) with the checkpoint's learned
 //!   α1; ω is learned per *training* example, so on test images ω = 0 and the generator is a signed step of
-//!   α1. The block perturbations δi live inside the network and cannot be transferred.
+//!   α1. On the analyses' training images (`--images train`) ω is the run's own at that epoch, kept beside
+//!   the checkpoint (`epoch-NNN.train-images.safetensors`). The block perturbations δi live inside the
+//!   network and cannot be transferred.
 //! - `clean`: no generator (δ = 0). A model covf did not train (`external`) has none to offer.
 //!
 //! BN runs in eval mode, as for every attack in `covf eval`.
 
+use std::collections::HashMap;
+
 use candle_core::Tensor;
 
+use super::{AnalysisCtx, EpochRef, Images};
 use crate::attacks::{input_grad, project, sign_step, uniform_start, Attack, AttackCtx, Perturbation};
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{self, Checkpoint};
 use crate::error::{CovfError, Result};
 use crate::models::Classifier;
+use crate::train::apart::OMEGA;
+use crate::train::fit;
 use crate::train::sfgsm::cut_at_first_misclassified;
 use crate::train::{MethodSpec, TrainSpec};
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Generator {
     Zero,
     /// One signed step of α from δ0 ~ U(−start·ε, start·ε) (start = 0: from zero), projected to ε.
@@ -47,6 +54,16 @@ pub enum Generator {
         eps: f32,
         alpha: f32,
         checkpoints: usize,
+    },
+    /// APART's generator with its learned initialisation: clamp(s + α·sign(∇x L(x + clamp(s, ±ε))), ±ε)
+    /// with s = α_ω·ω_x, one row of `init` per image of the set attacked (training images only).
+    LearnedInit {
+        eps: f32,
+        alpha: f32,
+        /// α_ω, for the description.
+        alpha_init: f32,
+        /// α_ω·ω, (N, C, H, W) for the N images of the set, in order.
+        init: Tensor,
     },
 }
 
@@ -123,24 +140,98 @@ impl Generator {
                 ..
             } => format!("pgd{steps}(a={alpha},rs={random_start})"),
             Generator::Sfgsm { alpha, checkpoints, .. } => format!("sfgsm(a={alpha},c={checkpoints})"),
+            Generator::LearnedInit { alpha, alpha_init, .. } => {
+                format!("learned-init(a={alpha},a_init={alpha_init})")
+            }
         }
     }
 }
 
 /// α1 ("input") from the `step_sizes` JSON an APART checkpoint carries in its metadata.
 pub fn learned_input_step(ck: &Checkpoint) -> Result<f32> {
+    learned_step(ck, "input")
+}
+
+/// One learned step size (`input`, `init`, `block<i>`) from an APART checkpoint's metadata.
+fn learned_step(ck: &Checkpoint, layer: &str) -> Result<f32> {
     let missing = |m: &str| CovfError::spec("APART checkpoint", format!("step_sizes metadata: {m}"));
     let text = ck.get("step_sizes").ok_or_else(|| missing("absent"))?;
     let v: serde_json::Value = serde_json::from_str(text)?;
     v.as_array()
         .and_then(|a| {
             a.iter()
-                .find(|s| s.get("layer").and_then(|l| l.as_str()) == Some("input"))
+                .find(|s| s.get("layer").and_then(|l| l.as_str()) == Some(layer))
         })
         .and_then(|s| s.get("value"))
         .and_then(serde_json::Value::as_f64)
         .map(|a| a as f32)
-        .ok_or_else(|| missing("no 'input' step size"))
+        .ok_or_else(|| missing(&format!("no '{layer}' step size")))
+}
+
+/// f_A as the analyses run it on `ctx`'s images: `Generator::for_run`, except that on the training images
+/// an APART run's generator starts from its learned ω at that epoch, read from the file kept beside the
+/// checkpoint.
+pub fn own_generator(ctx: &AnalysisCtx, a: &EpochRef, ck: &Checkpoint) -> Result<Generator> {
+    let g = Generator::for_run(&a.spec, ck)?;
+    let learned_init = match &a.spec.method {
+        MethodSpec::Apart(cfg) => cfg.learned_init,
+        MethodSpec::ApartSimple(_) => true,
+        _ => false,
+    };
+    if ctx.images != Images::Train || !learned_init {
+        return Ok(g);
+    }
+    let path = checkpoint::train_images_path(&a.path());
+    if !path.is_file() {
+        return Err(CovfError::run(
+            &a.run.name,
+            format!(
+                "has no {} beside epoch {}'s checkpoint: APART's ω on the training images was not kept (a run \
+                 trained before covf kept it, or a checkpoint copied without it); retrain it, or use --images test",
+                path.display(),
+                a.epoch
+            ),
+        ));
+    }
+    let (t, _) = checkpoint::load_tensors(&path, &ctx.device)?;
+    let field = |k: &str| {
+        t.get(k)
+            .ok_or_else(|| CovfError::checkpoint(&path, format!("no '{k}' tensor")))
+    };
+    let ids: Vec<i64> = field(fit::IMAGE_IDS)?.to_vec1()?;
+    let omega = field(OMEGA)?;
+    let row: HashMap<usize, usize> = ids.iter().enumerate().map(|(r, &id)| (id as usize, r)).collect();
+    let ds = ctx.image_set(&a.spec)?;
+    let rows = ds
+        .index
+        .iter()
+        .map(|id| row.get(id).map(|&r| r as u32))
+        .collect::<Option<Vec<u32>>>()
+        .ok_or_else(|| {
+            CovfError::run(
+                &a.run.name,
+                format!(
+                    "keeps ω for {} of the analyses' training images, not all {} asked for (at most {} are kept, \
+                     and only those the run trained on): use --n {} or less, or --images test",
+                    ids.len(),
+                    ds.len(),
+                    fit::TRAIN_IMAGES_KEPT,
+                    ids.len().min(fit::TRAIN_IMAGES_KEPT)
+                ),
+            )
+        })?;
+    let rows = Tensor::new(rows.as_slice(), &ctx.device)?;
+    let alpha_init = learned_step(ck, "init")?;
+    let (eps, alpha) = match g {
+        Generator::Step { eps, alpha, .. } => (eps, alpha),
+        _ => (a.spec.eps.value, learned_input_step(ck)?),
+    };
+    Ok(Generator::LearnedInit {
+        eps,
+        alpha,
+        alpha_init,
+        init: (omega.index_select(&rows, 0)? * f64::from(alpha_init))?,
+    })
 }
 
 impl Attack for Generator {
@@ -149,6 +240,17 @@ impl Attack for Generator {
     }
 
     fn perturb(&self, model: &dyn Classifier, x: &Tensor, y: &Tensor, ctx: &mut AttackCtx) -> Result<Perturbation> {
+        self.perturb_rows(model, x, y, 0..x.dim(0)?, ctx)
+    }
+
+    fn perturb_rows(
+        &self,
+        model: &dyn Classifier,
+        x: &Tensor,
+        y: &Tensor,
+        rows: std::ops::Range<usize>,
+        ctx: &mut AttackCtx,
+    ) -> Result<Perturbation> {
         let delta = match *self {
             Generator::Zero => x.zeros_like()?,
             Generator::Step { eps, alpha, start } => {
@@ -186,6 +288,24 @@ impl Attack for Generator {
                 let start = uniform_start(x, eps, ctx.rng)?;
                 let (d, start_logits) = sign_step(model, x, &start, y, alpha, eps, ctx.mode)?;
                 cut_at_first_misclassified(model, x, &d, y, &start_logits, checkpoints)?
+            }
+            Generator::LearnedInit {
+                eps, alpha, ref init, ..
+            } => {
+                if rows.end > init.dim(0)? || rows.len() != x.dim(0)? {
+                    return Err(CovfError::spec(
+                        "learned initialisation",
+                        format!(
+                            "rows {rows:?} of a batch of {} do not fit the {} images it was read for",
+                            x.dim(0)?,
+                            init.dim(0)?
+                        ),
+                    ));
+                }
+                let s = init.narrow(0, rows.start, rows.len())?;
+                let d0 = project(&s, x, eps)?;
+                let (g, _) = input_grad(model, x, &d0, y, ctx.mode)?;
+                project(&(s + (g.sign()? * f64::from(alpha))?)?, x, eps)?
             }
         };
         Ok(Perturbation {
@@ -285,7 +405,7 @@ mod tests {
                     assert!((di - eps * sign[i]).abs() < 1e-6, "{g:?}: {d:?}");
                 }
             }
-            if *g == Generator::Zero {
+            if matches!(g, Generator::Zero) {
                 assert!(d.iter().all(|&v| v == 0.0));
             }
         }
@@ -338,6 +458,48 @@ mod tests {
         for (a, b) in d.iter().zip(&full) {
             assert!((a - b / 3.0).abs() < 1e-6, "{d:?} vs {full:?}");
         }
+    }
+
+    #[test]
+    fn the_learned_initialisation_starts_each_image_from_its_own_row() {
+        let dev = Device::Cpu;
+        let model = TwoClassLinear {
+            w: Tensor::new(&[3.0f32, -1.0, 2.0, 0.5], &dev).unwrap(),
+            b: 0.0,
+        };
+        let x = Tensor::full(0.5f32, (1, 4), &dev).unwrap();
+        let y = Tensor::new(&[0u32], &dev).unwrap();
+        // Row 1: δ = clamp(s + 0.08·sign(w), ±0.1) with sign(w) = (+, −, +, +):
+        // (0.05 + 0.08, 0.05 − 0.08, −0.3 + 0.08, 0 + 0.08) → (0.1, −0.03, −0.1, 0.08).
+        let g = Generator::LearnedInit {
+            eps: 0.1,
+            alpha: 0.08,
+            alpha_init: 0.5,
+            init: Tensor::new(&[[0.0f32, 0.0, 0.0, 0.0], [0.05, 0.05, -0.3, 0.0]], &dev).unwrap(),
+        };
+        let mut rng = Rng::new(0);
+        let mut ctx = AttackCtx {
+            mode: Mode::EVAL,
+            rng: &mut rng,
+        };
+        let d: Vec<f32> = g
+            .perturb_rows(&model, &x, &y, 1..2, &mut ctx)
+            .unwrap()
+            .delta
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (a, b) in d.iter().zip([0.1f32, -0.03, -0.1, 0.08]) {
+            assert!((a - b).abs() < 1e-6, "{d:?}");
+        }
+        // Row 0 (ω = 0): a plain signed step of α.
+        let d0 = run(&g, &x, &y, 0);
+        for (a, b) in d0.iter().zip([0.08f32, -0.08, 0.08, 0.08]) {
+            assert!((a - b).abs() < 1e-6, "{d0:?}");
+        }
+        assert!(g.perturb_rows(&model, &x, &y, 2..3, &mut ctx).is_err());
+        assert_eq!(g.describe(), "learned-init(a=0.08,a_init=0.5)");
     }
 
     #[test]

@@ -31,13 +31,43 @@ use crate::train::{fit, TrainSpec};
 
 const CACHE_VERSION: &str = "analysis-v2";
 
-/// What every analysis shares: where results go, which test images, how to batch.
+/// Which images the analyses perturb and score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Images {
+    /// The seeded test subset that training-time evaluation and `covf eval` use (the default).
+    #[default]
+    Test,
+    /// Images the run trains on, in a fixed seeded order (the same for every run on the full training
+    /// set, whatever its seed), where APART's learned initialisation ω exists (kept beside each
+    /// checkpoint for the first `TRAIN_IMAGES_KEPT`).
+    Train,
+}
+
+impl Images {
+    pub fn parse(s: &str) -> Result<Images> {
+        match s {
+            "test" => Ok(Images::Test),
+            "train" => Ok(Images::Train),
+            _ => Err(CovfError::spec("images", format!("'{s}': expected test or train"))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Images::Test => "test",
+            Images::Train => "train",
+        }
+    }
+}
+
+/// What every analysis shares: where results go, which images, how to batch.
 #[derive(Debug, Clone)]
 pub struct AnalysisCtx {
     /// `analyses/<study>/out`: tables and the cache.
     pub out: PathBuf,
-    /// Test images: the same seeded subset of this size that training-time evaluation and `covf eval` use.
+    /// How many images: the first `n` of the seeded subset of `images`.
     pub n: usize,
+    pub images: Images,
     pub batch_size: usize,
     /// Seed of the attacks' and generators' random draws.
     pub seed: u64,
@@ -65,16 +95,48 @@ impl AnalysisCtx {
         pb
     }
 
-    /// The test subset of a run's dataset.
-    pub fn test_set(&self, spec: &TrainSpec) -> Result<Dataset> {
-        crate::eval::test_set(spec, self.data_dir.as_deref(), self.n)
+    /// The images the analyses use for a run: the seeded test subset of its dataset, or the first `n`
+    /// of the images it trains on in a fixed seeded order (`fit::train_image_positions`).
+    pub fn image_set(&self, spec: &TrainSpec) -> Result<Dataset> {
+        match self.images {
+            Images::Test => crate::eval::test_set(spec, self.data_dir.as_deref(), self.n),
+            Images::Train => {
+                let train = fit::train_set(spec, self.data_dir.as_deref())?;
+                if self.n > train.len() {
+                    return Err(CovfError::spec(
+                        "--n",
+                        format!(
+                            "{} training images requested, run {} trains on {}",
+                            self.n,
+                            spec.name,
+                            train.len()
+                        ),
+                    ));
+                }
+                Ok(train.select(&fit::train_image_positions(&train, self.n)))
+            }
+        }
+    }
+
+    /// The part of a cache key that names which images of `spec`'s run were used: empty for the test
+    /// images (shared by every run of a dataset); the training subset for training images.
+    pub fn images_key(&self, spec: &TrainSpec) -> String {
+        match self.images {
+            Images::Test => String::new(),
+            Images::Train => format!("train-subset={:?}", spec.train_subset),
+        }
     }
 
     /// Parameters every cached unit depends on, and the version of the analyses' definitions (bumped
     /// whenever what a cached number means changes, so stale entries are never read back).
     pub fn key_parts(&self) -> String {
+        let images = match self.images {
+            // Keys of test-image results predate the choice and stay as they were.
+            Images::Test => String::new(),
+            Images::Train => " images=train".into(),
+        };
         format!(
-            "{CACHE_VERSION} n={} seed={} batch={}",
+            "{CACHE_VERSION} n={} seed={} batch={}{images}",
             self.n, self.seed, self.batch_size
         )
     }
@@ -184,7 +246,8 @@ pub fn perturbed_batches(
     let mut out = Vec::new();
     for chunk in positions.chunks(ctx.batch_size.max(1)) {
         let b = ds.batch(chunk, None, &ctx.device)?;
-        let p = attack.perturb(model, &b.x, &b.y, &mut AttackCtx { mode: Mode::EVAL, rng })?;
+        let rows = chunk[0]..chunk[0] + chunk.len();
+        let p = attack.perturb_rows(model, &b.x, &b.y, rows, &mut AttackCtx { mode: Mode::EVAL, rng })?;
         out.push(((&b.x + &p.delta)?.detach(), b.y));
         pb.inc(1);
     }

@@ -6,7 +6,7 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::generator::Generator;
+use super::generator::own_generator;
 use super::tidy::{Cell, Kind, TidyRow};
 use super::{cache, AnalysisCtx, EpochRef};
 use crate::attacks::{Attack, AttackCtx};
@@ -130,12 +130,12 @@ pub fn one(ctx: &AnalysisCtx, a: &EpochRef, examples: usize) -> Result<Vec<Pixel
     }
     let key = cache::key(&[&a.cache_id()?, &format!("examples={examples}"), &ctx.key_parts()]);
     ctx.cache("perturbations").get_or(&key, || {
-        let ds = ctx.test_set(&a.spec)?;
+        let ds = ctx.image_set(&a.spec)?;
         let k = examples.min(ds.len());
         let positions: Vec<usize> = (0..k).collect();
         let b = ds.batch(&positions, None, &ctx.device)?;
         let (model, ck) = a.load(&ctx.device)?;
-        let generator = Generator::for_run(&a.spec, &ck)?;
+        let generator = own_generator(ctx, a, &ck)?;
         let mut rng = Rng::derive(ctx.seed, "perturbations", a.epoch as u64);
         let p = generator.perturb(
             &model,

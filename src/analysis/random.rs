@@ -9,6 +9,7 @@ use super::{cache, mean, per_sample, perturbed_batches, AnalysisCtx, EpochRef};
 use crate::attacks::Noise;
 use crate::error::Result;
 use crate::rng::Rng;
+use crate::train::TrainSpec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoiseKind {
@@ -67,11 +68,24 @@ impl TidyRow for RandomRow {
     }
 }
 
-/// The reference model's accuracy and loss under one kind of noise at `eps` (cached).
-pub fn baseline(ctx: &AnalysisCtx, reference: &EpochRef, kind: NoiseKind, eps: f32) -> Result<RandomRow> {
-    let key = cache::key(&[&reference.cache_id()?, kind.name(), &eps.to_string(), &ctx.key_parts()]);
+/// The reference model's accuracy and loss under one kind of noise at `eps` (cached), on the images the
+/// analyses use for `images_of`'s run (with training images, the run whose perturbations it is compared to).
+pub fn baseline(
+    ctx: &AnalysisCtx,
+    reference: &EpochRef,
+    images_of: &TrainSpec,
+    kind: NoiseKind,
+    eps: f32,
+) -> Result<RandomRow> {
+    let key = cache::key(&[
+        &reference.cache_id()?,
+        kind.name(),
+        &eps.to_string(),
+        &ctx.key_parts(),
+        &ctx.images_key(images_of),
+    ]);
     ctx.cache("random").get_or(&key, || {
-        let ds = ctx.test_set(&reference.spec)?;
+        let ds = ctx.image_set(images_of)?;
         let (model, _) = reference.load(&ctx.device)?;
         let pb = ctx.progress(
             ds.len().div_ceil(ctx.batch_size.max(1)),
@@ -102,7 +116,7 @@ pub fn run(ctx: &AnalysisCtx, reference: &EpochRef, eps: &[f32]) -> Result<Vec<R
     let mut rows = Vec::new();
     for &e in eps {
         for kind in [NoiseKind::Sign, NoiseKind::Uniform] {
-            rows.push(baseline(ctx, reference, kind, e)?);
+            rows.push(baseline(ctx, reference, &reference.spec, kind, e)?);
         }
     }
     Ok(rows)

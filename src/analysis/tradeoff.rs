@@ -71,7 +71,7 @@ pub fn evaluate(ctx: &AnalysisCtx, a: &EpochRef, eps_eval: f32, steps: usize) ->
         &ctx.key_parts(),
     ]);
     ctx.cache("tradeoff").get_or(&key, || {
-        let ds = ctx.test_set(&a.spec)?;
+        let ds = ctx.image_set(&a.spec)?;
         let (model, _) = a.load(&ctx.device)?;
         let pb = ctx.progress(
             ds.len().div_ceil(ctx.batch_size.max(1)),

@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::generator::Generator;
+use super::generator::{own_generator, Generator};
 use super::random::{self, NoiseKind};
 use super::tidy::{Cell, Kind, TidyRow};
 use super::{cache, mean, per_sample, perturbed_batches, AnalysisCtx, EpochRef};
@@ -31,6 +31,8 @@ pub struct TransferRow {
     pub attack: String,
     pub reference: String,
     pub eps: f64,
+    /// `test` or `train` (`--images`): which images were perturbed.
+    pub images: String,
     pub n: u64,
     /// S_i(A): the reference's accuracy on x + f_A(θ_A^(i), x, y).
     pub acc_ref: f64,
@@ -52,6 +54,7 @@ impl TidyRow for TransferRow {
             ("attack", Kind::Str),
             ("reference", Kind::Str),
             ("eps", Kind::F64),
+            ("images", Kind::Str),
             ("n", Kind::U64),
             ("acc_ref", Kind::F64),
             ("loss_ref", Kind::F64),
@@ -69,6 +72,7 @@ impl TidyRow for TransferRow {
             Cell::Str(self.attack.clone()),
             Cell::Str(self.reference.clone()),
             Cell::F64(self.eps),
+            Cell::Str(self.images.clone()),
             Cell::U64(Some(self.n)),
             Cell::F64(self.acc_ref),
             Cell::F64(self.loss_ref),
@@ -114,10 +118,10 @@ impl Source {
         }
     }
 
-    fn generator(self, a: &EpochRef, ck: &crate::checkpoint::Checkpoint) -> Result<Generator> {
+    fn generator(self, ctx: &AnalysisCtx, a: &EpochRef, ck: &crate::checkpoint::Checkpoint) -> Result<Generator> {
         let eps = a.spec.eps.value;
         match self {
-            Source::Own => Generator::for_run(&a.spec, ck),
+            Source::Own => own_generator(ctx, a, ck),
             Source::Fgsm => Ok(Generator::Step {
                 eps,
                 alpha: eps,
@@ -132,13 +136,13 @@ impl Source {
 pub fn one(ctx: &AnalysisCtx, reference: &EpochRef, a: &EpochRef, source: Source) -> Result<TransferRow> {
     check_compatible(reference, a)?;
     let eps = a.spec.eps.value;
-    let random_acc = random::baseline(ctx, reference, NoiseKind::Sign, eps)?.accuracy;
+    let random_acc = random::baseline(ctx, reference, &a.spec, NoiseKind::Sign, eps)?.accuracy;
     // The generator needs only the checkpoint's metadata (APART's α1); the weights load on a cache miss.
     let meta = crate::checkpoint::Checkpoint {
         tensors: Default::default(),
         meta: crate::checkpoint::read_metadata(&a.path())?,
     };
-    let generator = source.generator(a, &meta)?;
+    let generator = source.generator(ctx, a, &meta)?;
     let key = cache::key(&[
         &a.cache_id()?,
         &reference.cache_id()?,
@@ -146,7 +150,7 @@ pub fn one(ctx: &AnalysisCtx, reference: &EpochRef, a: &EpochRef, source: Source
         &ctx.key_parts(),
     ]);
     let row = ctx.cache("transfer").get_or(&key, || {
-        let ds = ctx.test_set(&a.spec)?;
+        let ds = ctx.image_set(&a.spec)?;
         let (model_a, _) = a.load(&ctx.device)?;
         let (model_ref, _) = reference.load(&ctx.device)?;
         let pb = ctx.progress(
@@ -171,6 +175,7 @@ pub fn one(ctx: &AnalysisCtx, reference: &EpochRef, a: &EpochRef, source: Source
             attack: generator.describe(),
             reference: reference.label(),
             eps: f64::from(eps),
+            images: ctx.images.name().into(),
             n: ds.len() as u64,
             acc_ref: mean(&ok_ref),
             loss_ref: mean(&loss_ref),

@@ -51,6 +51,19 @@ pub trait Attack {
     /// A short label, e.g. `pgd10`.
     fn name(&self) -> String;
     fn perturb(&self, model: &dyn Classifier, x: &Tensor, y: &Tensor, ctx: &mut AttackCtx) -> Result<Perturbation>;
+
+    /// As `perturb`, for the images at `rows` of the set being attacked batch by batch. Only a generator
+    /// with per-image state (APART's learned initialisation on training images) reads `rows`.
+    fn perturb_rows(
+        &self,
+        model: &dyn Classifier,
+        x: &Tensor,
+        y: &Tensor,
+        _rows: std::ops::Range<usize>,
+        ctx: &mut AttackCtx,
+    ) -> Result<Perturbation> {
+        self.perturb(model, x, y, ctx)
+    }
 }
 
 /// Summed cross-entropy of `model` at `x + delta` and its gradient w.r.t. δ (with the logits).

@@ -25,9 +25,13 @@ pub struct Common {
     /// Epochs of each run: all, last, or a list such as 1,2,4.
     #[arg(long, default_value = "all")]
     pub epochs: String,
-    /// Test images (the same seeded subset as training-time evaluation and `covf eval`).
+    /// Images: the first N of the seeded subset of --images.
     #[arg(long, default_value_t = 1000)]
     pub n: usize,
+    /// test: the seeded test subset that training-time evaluation and `covf eval` use; train: a seeded
+    /// subset of the training set, where APART's learned initialisation ω exists (kept for 1,000 images).
+    #[arg(long, default_value = "test", value_name = "test|train")]
+    pub images: String,
     #[arg(long, default_value_t = 250)]
     pub batch_size: usize,
     /// Seed of the generators' and attacks' random starts.
@@ -191,6 +195,7 @@ fn ctx(c: &Common) -> Result<AnalysisCtx, CovfError> {
     Ok(AnalysisCtx {
         out: analysis::study_out(&c.study)?,
         n: c.n,
+        images: analysis::Images::parse(&c.images)?,
         batch_size: c.batch_size,
         seed: c.seed,
         force: c.force,

@@ -10,6 +10,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use covf::analysis::co::CoCriteria;
+use covf::analysis::Images;
 use covf::device::parse_device;
 use covf::study::{PerturbationSpec, StudyRun, StudySpec, TradeoffSpec};
 use covf::train::{Eps, TrainSpec};
@@ -56,6 +57,9 @@ struct Header {
     description: String,
     #[serde(default = "default_n")]
     n: usize,
+    /// `test` (default) or `train`: the images every analysis of the study uses.
+    #[serde(default)]
+    images: Option<String>,
     #[serde(default)]
     seed: u64,
     #[serde(default = "default_batch")]
@@ -227,6 +231,10 @@ pub fn parse(text: &str, path: &Path, dir: Option<PathBuf>) -> Result<StudySpec,
         name: f.study.name.clone(),
         dir,
         n: f.study.n,
+        images: match &f.study.images {
+            Some(s) => Images::parse(s)?,
+            None => Images::Test,
+        },
         seed: f.study.seed,
         batch_size: f.study.batch_size,
         runs,

@@ -195,16 +195,22 @@ impl Dataset {
                 format!("{n} examples requested, the {which} set has {}", self.len()),
             ));
         }
-        let mut order: Vec<usize> = (0..self.len()).collect();
-        Rng::derive(seed, which, 0).shuffle(&mut order);
-        let mut picked: Vec<usize> = order[..n].to_vec();
-        picked.sort_unstable();
-        Ok(Dataset {
+        Ok(self.select(&subset_positions(self.len(), n, seed, which)))
+    }
+
+    /// The examples at `positions` (into this dataset), in that order, sharing the storage.
+    pub fn select(&self, positions: &[usize]) -> Dataset {
+        Dataset {
             kind: self.kind,
             images: Arc::clone(&self.images),
             labels: Arc::clone(&self.labels),
-            index: picked.into_iter().map(|i| self.index[i]).collect(),
-        })
+            index: positions.iter().map(|&i| self.index[i]).collect(),
+        }
+    }
+
+    /// Size of the set this one was drawn from (its image ids run over 0..source_len()).
+    pub fn source_len(&self) -> usize {
+        self.labels.len()
     }
 
     /// The batch of examples at positions `pos` (into this dataset), augmented when `aug` is given.
@@ -242,6 +248,22 @@ impl Dataset {
             aug: params,
         })
     }
+}
+
+/// The positions `Dataset::subset` keeps: the first `n` of a shuffle of 0..len seeded by (`seed`, `which`),
+/// ascending. The first `n` of the same shuffle, so a smaller subset lies inside a larger one.
+pub fn subset_positions(len: usize, n: usize, seed: u64, which: &str) -> Vec<usize> {
+    let mut picked = seeded_order(len, seed, which);
+    picked.truncate(n);
+    picked.sort_unstable();
+    picked
+}
+
+/// 0..len shuffled by the stream (`seed`, `which`).
+pub fn seeded_order(len: usize, seed: u64, which: &str) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    Rng::derive(seed, which, 0).shuffle(&mut order);
+    order
 }
 
 /// One minibatch: inputs in [0, 1] (N, C, H, W), labels (N,), and where each example came from.

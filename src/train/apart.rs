@@ -40,6 +40,9 @@ pub fn ascent_step(alpha: f64, buf: f64, grad: f64, lr: f64, l2: f64, momentum: 
     ((alpha - lr * b).max(0.0), b)
 }
 
+/// The key of ω in the per-example state kept for the analyses' training images.
+pub const OMEGA: &str = "omega";
+
 /// Index of α_ω and of block i's αi in the step-size vector (α1 is at 0).
 const INIT: usize = 1;
 const FIRST_BLOCK: usize = 2;
@@ -227,6 +230,14 @@ impl TrainMethod for ApartTraining {
             self.bufs[k] = b;
         }
         Ok(stats)
+    }
+
+    fn example_state(&self, positions: &[usize]) -> Result<BTreeMap<String, Tensor>> {
+        let mut m = BTreeMap::new();
+        if let Some(o) = &self.omega {
+            m.insert(OMEGA.into(), o.view(positions, &candle_core::Device::Cpu)?);
+        }
+        Ok(m)
     }
 
     fn state(&self) -> Result<BTreeMap<String, Tensor>> {

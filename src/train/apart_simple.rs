@@ -46,6 +46,10 @@ impl TrainMethod for ApartSimpleTraining {
         self.0.state()
     }
 
+    fn example_state(&self, positions: &[usize]) -> Result<BTreeMap<String, Tensor>> {
+        self.0.example_state(positions)
+    }
+
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
         self.0.load_state(state)
     }

@@ -25,6 +25,28 @@ use crate::rng::Rng;
 /// Seed of the fixed train/test subsets: the same images for every run, whatever its training seed.
 pub const DATA_SEED: u64 = 0;
 
+/// Training images whose per-example state (APART's ω) every epoch keeps for the analyses
+/// (`covf analyze --images train`): the first of `train_image_positions`.
+pub const TRAIN_IMAGES_KEPT: usize = 1000;
+
+/// The key of the image ids (positions in the full training set) in a `.train-images.safetensors` file;
+/// row k of every other tensor there belongs to image k.
+pub const IMAGE_IDS: &str = "image_ids";
+
+/// Positions, in a run's training set `train`, of the analyses' `n` training images: the first `n` of the
+/// images it trains on in a fixed seeded order of the full training set, ascending. Every run on the full
+/// set gets the same images whatever its seed, and a smaller `n` picks a subset of a larger one.
+pub fn train_image_positions(train: &Dataset, n: usize) -> Vec<usize> {
+    let at: HashMap<usize, usize> = train.index.iter().enumerate().map(|(p, &id)| (id, p)).collect();
+    let mut picked: Vec<usize> = data::seeded_order(train.source_len(), DATA_SEED, "train-images")
+        .into_iter()
+        .filter_map(|id| at.get(&id).copied())
+        .take(n)
+        .collect();
+    picked.sort_unstable();
+    picked
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct FitOptions {
     pub quiet: bool,
@@ -44,22 +66,30 @@ pub struct FitSummary {
 /// Loads the datasets a spec asks for (subsets applied).
 pub fn load_data(spec: &TrainSpec) -> Result<(Dataset, Dataset)> {
     let (train, test) = data::load(spec.dataset, spec.data_dir.as_deref())?;
-    let train = match spec.train_subset {
-        Some(n) if n < train.len() => train.subset(n, DATA_SEED, "train")?,
-        Some(n) if n > train.len() => {
-            return Err(CovfError::spec(
-                "train subset",
-                format!("{n} requested, the training set has {}", train.len()),
-            ))
-        }
-        _ => train,
-    };
+    let train = train_subset(spec, train)?;
     let test = if spec.eval.test_subset < test.len() {
         test.subset(spec.eval.test_subset, DATA_SEED, "test")?
     } else {
         test
     };
     Ok((train, test))
+}
+
+/// The training set a run trains on (`--train-subset` applied), read from `dir` or the spec's directory.
+pub fn train_set(spec: &TrainSpec, dir: Option<&Path>) -> Result<Dataset> {
+    let (train, _) = data::load(spec.dataset, dir.or(spec.data_dir.as_deref()))?;
+    train_subset(spec, train)
+}
+
+fn train_subset(spec: &TrainSpec, train: Dataset) -> Result<Dataset> {
+    match spec.train_subset {
+        Some(n) if n < train.len() => train.subset(n, DATA_SEED, "train"),
+        Some(n) if n > train.len() => Err(CovfError::spec(
+            "train subset",
+            format!("{n} requested, the training set has {}", train.len()),
+        )),
+        _ => Ok(train),
+    }
 }
 
 fn state_meta(
@@ -100,8 +130,12 @@ fn write_derived(
     }
     if !spec.save_every_epoch {
         for e in run.epochs()?.into_iter().filter(|&e| e < done) {
-            let prev = run.epoch_path(e);
-            std::fs::remove_file(&prev).map_err(|e| CovfError::io(&prev, e))?;
+            for prev in [run.train_images_path(e), run.epoch_path(e)] {
+                match std::fs::remove_file(&prev) {
+                    Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(CovfError::io(&prev, err)),
+                    _ => {}
+                }
+            }
         }
     }
     Ok(())
@@ -293,6 +327,9 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
         },
     )?;
 
+    // The analyses' training images whose per-example state each epoch keeps.
+    let kept_positions = train_image_positions(&train, TRAIN_IMAGES_KEPT);
+
     let resumed = if opts.resume && run.exists() {
         restore(&run, &store, &mut opt, method.as_mut(), dev)?
     } else {
@@ -449,6 +486,12 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
         if !steps.is_empty() {
             meta.insert("step_sizes".into(), serde_json::to_string(&steps)?);
         }
+        let mut kept = method.example_state(&kept_positions)?;
+        if !kept.is_empty() {
+            let ids: Vec<i64> = kept_positions.iter().map(|&p| train.index[p] as i64).collect();
+            kept.insert(IMAGE_IDS.into(), Tensor::new(ids.as_slice(), &Device::Cpu)?);
+            checkpoint::save_tensors(&run.train_images_path(e1), &kept, &meta)?;
+        }
         checkpoint::save_tensors(&run.epoch_path(e1), &store.snapshot(), &meta)?;
         let mut state = opt.state().clone();
         for (k, v) in method.state()? {
@@ -503,4 +546,42 @@ pub fn load_model(spec: &TrainSpec, path: &Path, dev: &Device) -> Result<(PreAct
     let ck = Checkpoint::load(path, dev)?;
     store.load(&ck.tensors, path)?;
     Ok((model, ck))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::DatasetKind;
+
+    #[test]
+    fn the_analyses_training_images_are_fixed_nested_and_follow_a_subset_run() {
+        let full = Dataset::new(
+            DatasetKind::FashionMnist,
+            vec![0; 100 * 784],
+            (0..100).map(|i| i % 10).collect(),
+        );
+        let ten = train_image_positions(&full, 10);
+        let five = train_image_positions(&full, 5);
+        assert_eq!(ten.len(), 10);
+        assert!(ten.windows(2).all(|w| w[0] < w[1]), "{ten:?}");
+        assert!(five.iter().all(|p| ten.contains(p)), "{five:?} ⊄ {ten:?}");
+        assert_eq!(ten, train_image_positions(&full, 10));
+        // On the full set positions are image ids: the first ten of the seeded order.
+        let mut first: Vec<usize> = data::seeded_order(100, DATA_SEED, "train-images")[..10].to_vec();
+        first.sort_unstable();
+        assert_eq!(ten, first);
+        // A run on a 30-image subset: the first ten of *its* images in the same order; where the full
+        // set's ten are among its images they are the same images.
+        let sub = full.subset(30, DATA_SEED, "train").unwrap();
+        let ids: Vec<usize> = train_image_positions(&sub, 10).iter().map(|&p| sub.index[p]).collect();
+        let order = data::seeded_order(100, DATA_SEED, "train-images");
+        let mut want: Vec<usize> = order.into_iter().filter(|id| sub.index.contains(id)).take(10).collect();
+        want.sort_unstable();
+        assert_eq!(ids, want);
+        assert!(ten
+            .iter()
+            .filter(|id| sub.index.contains(id))
+            .all(|id| ids.contains(id)));
+        assert_eq!(train_image_positions(&sub, 50).len(), 30);
+    }
 }

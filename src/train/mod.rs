@@ -155,6 +155,13 @@ pub trait TrainMethod {
         Ok(())
     }
 
+    /// Per-example state of the training examples at `positions` as their un-augmented images see it
+    /// (APART's ω), kept beside each epoch checkpoint for the analyses' training images
+    /// (`--images train`); empty for methods without per-example state the generator uses.
+    fn example_state(&self, _positions: &[usize]) -> Result<BTreeMap<String, Tensor>> {
+        Ok(BTreeMap::new())
+    }
+
     /// Learned step sizes, if the method has any (APART).
     fn step_sizes(&self) -> Vec<StepSize> {
         Vec::new()

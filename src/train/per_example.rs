@@ -7,7 +7,7 @@
 
 use candle_core::{Device, Tensor};
 
-use crate::data::Batch;
+use crate::data::{AugParams, Batch};
 use crate::error::{CovfError, Result};
 
 #[derive(Debug, Clone)]
@@ -56,7 +56,7 @@ impl PerExampleStore {
     }
 
     /// Stored index of batch pixel (ch, y, x) for example `pos` under `aug`.
-    fn map(&self, pos: usize, aug: &crate::data::AugParams) -> impl Fn(usize, usize, usize) -> usize {
+    fn map(&self, pos: usize, aug: &AugParams) -> impl Fn(usize, usize, usize) -> usize {
         let (hp, wp) = self.padded();
         let (c, w) = (self.c, self.w);
         let (dy, dx, flip) = (aug.dy, aug.dx, aug.flip);
@@ -66,9 +66,9 @@ impl PerExampleStore {
         }
     }
 
-    fn check(&self, batch: &Batch) -> Result<()> {
+    fn check(&self, positions: &[usize], aug: &[AugParams]) -> Result<()> {
         let (hp, wp) = self.padded();
-        for (&p, a) in batch.positions.iter().zip(&batch.aug) {
+        for (&p, a) in positions.iter().zip(aug) {
             if p >= self.n || a.dy + self.h > hp || a.dx + self.w > wp {
                 return Err(CovfError::spec(
                     "per-example state",
@@ -84,10 +84,25 @@ impl PerExampleStore {
 
     /// The batch's view of the stored state: (B, C, H, W).
     pub fn gather(&self, batch: &Batch, dev: &Device) -> Result<Tensor> {
-        self.check(batch)?;
+        self.gather_at(&batch.positions, &batch.aug, dev)
+    }
+
+    /// The examples' state as their un-augmented images see it (the centre of the padded plane, not
+    /// mirrored): (N, C, H, W), for the analyses' training images.
+    pub fn view(&self, positions: &[usize], dev: &Device) -> Result<Tensor> {
+        let centre = AugParams {
+            dy: self.pad,
+            dx: self.pad,
+            flip: false,
+        };
+        self.gather_at(positions, &vec![centre; positions.len()], dev)
+    }
+
+    fn gather_at(&self, positions: &[usize], aug: &[AugParams], dev: &Device) -> Result<Tensor> {
+        self.check(positions, aug)?;
         let (c, h, w) = (self.c, self.h, self.w);
-        let mut out = vec![0f32; batch.len() * c * h * w];
-        for (k, (&p, a)) in batch.positions.iter().zip(&batch.aug).enumerate() {
+        let mut out = vec![0f32; positions.len() * c * h * w];
+        for (k, (&p, a)) in positions.iter().zip(aug).enumerate() {
             let at = self.map(p, a);
             let o = &mut out[k * c * h * w..(k + 1) * c * h * w];
             for ch in 0..c {
@@ -98,12 +113,12 @@ impl PerExampleStore {
                 }
             }
         }
-        Ok(Tensor::from_vec(out, (batch.len(), c, h, w), dev)?)
+        Ok(Tensor::from_vec(out, (positions.len(), c, h, w), dev)?)
     }
 
     /// Writes the batch's (B, C, H, W) values back to where `gather` read them.
     pub fn scatter(&mut self, batch: &Batch, t: &Tensor) -> Result<()> {
-        self.check(batch)?;
+        self.check(&batch.positions, &batch.aug)?;
         let (c, h, w) = (self.c, self.h, self.w);
         if t.dims() != [batch.len(), c, h, w] {
             return Err(CovfError::spec(
@@ -157,7 +172,6 @@ impl PerExampleStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::AugParams;
 
     fn batch(positions: Vec<usize>, aug: Vec<AugParams>, shape: (usize, usize, usize)) -> Batch {
         let dev = Device::Cpu;
@@ -168,6 +182,26 @@ mod tests {
             positions,
             aug,
         }
+    }
+
+    #[test]
+    fn view_reads_the_unaugmented_centre_by_hand() {
+        // Two 1×2×2 examples padded by 1: example k's 4×4 plane holds 16k..16k+16 row-major; the centre
+        // (rows 1-2, columns 1-2) of example 1 is 16 + {5, 6, 9, 10}.
+        let mut i = 0.0;
+        let s = PerExampleStore::new(2, (1, 2, 2), 1, || {
+            i += 1.0;
+            i - 1.0
+        });
+        let v: Vec<f32> = s
+            .view(&[1, 0], &Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(v, vec![21.0, 22.0, 25.0, 26.0, 5.0, 6.0, 9.0, 10.0]);
+        assert!(s.view(&[2], &Device::Cpu).is_err());
     }
 
     #[test]
