@@ -6,7 +6,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::data::LineChart;
-use super::style::{self, color, plot_err, FONT, LABEL_PT, LINE_WIDTH, REFERENCE, TICK_PT, TITLE_PT};
+use super::style::{self, color, plot_err, FONT, LABEL_PT, LINE_WIDTH, REFERENCE, TICK_PT};
 use crate::error::Result;
 
 /// Axis range with a margin, never empty (a single point still gets a visible span).
@@ -106,7 +106,7 @@ pub fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, c: &LineChart) ->
     };
     let y_fmt = move |v: &f64| format!("{v:.y_digits$}");
     let mut chart = ChartBuilder::on(area)
-        .caption(&c.title, (FONT, TITLE_PT))
+        .caption(&c.title, (FONT, style::title_pt(area, &c.title)))
         .margin(14)
         .x_label_area_size(56)
         .y_label_area_size(78)

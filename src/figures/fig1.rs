@@ -7,7 +7,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::chart;
 use super::data::{Image, LineChart, PerturbationGrid};
-use super::style::{diverging, grey, plot_err, FONT, LABEL_PT, TICK_PT, TITLE_PT};
+use super::style::{diverging, grey, plot_err, FONT, LABEL_PT, TICK_PT};
 use crate::error::Result;
 
 /// Pixel size for a grid of `rows` examples and `epochs` perturbations.
@@ -67,7 +67,8 @@ pub fn draw_a<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, g: &Perturbatio
     );
     let (top, rest) = area.split_vertically(80);
     let (head, sub) = top.split_vertically(44);
-    head.titled(&title, (FONT, TITLE_PT)).map_err(e)?;
+    head.titled(&title, (FONT, super::style::title_pt(&head, &title)))
+        .map_err(e)?;
     let note: TextStyle = (FONT, TICK_PT)
         .into_font()
         .color(&BLACK.mix(0.7))

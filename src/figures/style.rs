@@ -21,6 +21,22 @@ pub const TICK_PT: u32 = 16;
 pub const LINE_WIDTH: u32 = 3;
 pub const MARKER: u32 = 5;
 
+/// Titles never shrink below this.
+const MIN_TITLE_PT: u32 = 12;
+
+/// The largest title size, at most `TITLE_PT`, at which `title` fits `area`'s width with a margin: a long run
+/// name shrinks the title instead of running off both edges of the figure.
+pub fn title_pt<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, title: &str) -> u32 {
+    let room = area.dim_in_pixel().0.saturating_sub(40);
+    (MIN_TITLE_PT..=TITLE_PT)
+        .rev()
+        .find(|&pt| {
+            area.estimate_text_size(title, &TextStyle::from((FONT, pt).into_font()))
+                .is_ok_and(|(w, _)| w <= room)
+        })
+        .unwrap_or(MIN_TITLE_PT)
+}
+
 static FONTS: Once = Once::new();
 
 /// Registers DejaVu Sans (compiled in) under the family name the figures use.
@@ -165,6 +181,21 @@ mod tests {
         let dark = buf.chunks(3).filter(|p| p.iter().all(|&c| c < 128)).count();
         // Eight glyphs at 20 px: hundreds of dark pixels, none without a font.
         assert!(dark > 100, "{dark} dark pixels");
+    }
+
+    #[test]
+    fn a_long_title_shrinks_to_fit_and_a_short_one_keeps_its_size() {
+        register_fonts();
+        let mut buf = vec![255u8; (SIZE.0 * SIZE.1 * 3) as usize];
+        let area = BitMapBackend::with_buffer(&mut buf, SIZE).into_drawing_area();
+        assert_eq!(title_pt(&area, "Figure 3"), TITLE_PT);
+        let long = "Transfer strength on pgd10-fmnist-preact-tiny-eps0.15-s0 epoch 4 (FGSM on each run's checkpoints)";
+        let pt = title_pt(&area, long);
+        assert!((MIN_TITLE_PT..TITLE_PT).contains(&pt), "{pt}");
+        let (w, _) = area
+            .estimate_text_size(long, &TextStyle::from((FONT, pt).into_font()))
+            .unwrap();
+        assert!(w <= SIZE.0 - 40, "{w} px at {pt} pt");
     }
 
     #[test]
