@@ -402,6 +402,18 @@ mod tests {
     }
 
     #[test]
+    fn the_train_images_file_sits_beside_its_checkpoint_under_any_name() {
+        assert_eq!(
+            train_images_path(Path::new("runs/r/epoch-003.safetensors")),
+            Path::new("runs/r/epoch-003.train-images.safetensors")
+        );
+        assert_eq!(
+            train_images_path(Path::new("shared/my.model")),
+            Path::new("shared/my.model.train-images.safetensors")
+        );
+    }
+
+    #[test]
     fn corrupt_and_foreign_files_are_rejected_with_the_path() {
         let dev = Device::Cpu;
         let dir = tempfile::tempdir().unwrap();

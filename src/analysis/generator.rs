@@ -172,14 +172,13 @@ fn learned_step(ck: &Checkpoint, layer: &str) -> Result<f32> {
 /// an APART run's generator starts from its learned ω at that epoch, read from the file kept beside the
 /// checkpoint.
 pub fn own_generator(ctx: &AnalysisCtx, a: &EpochRef, ck: &Checkpoint) -> Result<Generator> {
-    let g = Generator::for_run(&a.spec, ck)?;
     let learned_init = match &a.spec.method {
         MethodSpec::Apart(cfg) => cfg.learned_init,
         MethodSpec::ApartSimple(_) => true,
         _ => false,
     };
     if ctx.images != Images::Train || !learned_init {
-        return Ok(g);
+        return Generator::for_run(&a.spec, ck);
     }
     let path = checkpoint::train_images_path(&a.path());
     if !path.is_file() {
@@ -211,24 +210,19 @@ pub fn own_generator(ctx: &AnalysisCtx, a: &EpochRef, ck: &Checkpoint) -> Result
             CovfError::run(
                 &a.run.name,
                 format!(
-                    "keeps ω for {} of the analyses' training images, not all {} asked for (at most {} are kept, \
-                     and only those the run trained on): use --n {} or less, or --images test",
+                    "keeps ω for the first {} of the analyses' training images, {} asked for: use --n {} or less, \
+                     or --images test",
                     ids.len(),
                     ds.len(),
-                    fit::TRAIN_IMAGES_KEPT,
-                    ids.len().min(fit::TRAIN_IMAGES_KEPT)
+                    ids.len()
                 ),
             )
         })?;
     let rows = Tensor::new(rows.as_slice(), &ctx.device)?;
     let alpha_init = learned_step(ck, "init")?;
-    let (eps, alpha) = match g {
-        Generator::Step { eps, alpha, .. } => (eps, alpha),
-        _ => (a.spec.eps.value, learned_input_step(ck)?),
-    };
     Ok(Generator::LearnedInit {
-        eps,
-        alpha,
+        eps: a.spec.eps.value,
+        alpha: learned_input_step(ck)?,
         alpha_init,
         init: (omega.index_select(&rows, 0)? * f64::from(alpha_init))?,
     })
