@@ -15,7 +15,8 @@ use crate::models::{self, ArchSpec};
 use crate::optim::LrSchedule;
 use crate::optim::{LossScaler, Precision, Sgd};
 use crate::rng::Rng;
-use crate::train::{build_method, AttackBn, MethodEnv, MethodSpec, StepCtx};
+use crate::run::{AttackBn, MethodSpec};
+use crate::train::{build_method, MethodEnv, StepCtx};
 
 /// What to time: one model, one input shape, one batch size, several methods.
 #[derive(Debug, Clone)]

@@ -2,10 +2,10 @@
 
 use std::path::Path;
 
-use crate::checkpoint::RunDir;
 use crate::error::{CovfError, Result};
-use crate::metrics;
-use crate::train::TrainSpec;
+use crate::run::checkpoint::RunDir;
+use crate::run::metrics;
+use crate::run::TrainSpec;
 
 #[derive(Debug, Clone)]
 pub struct RunSummary {

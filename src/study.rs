@@ -11,10 +11,11 @@ use serde::Serialize;
 
 use crate::analysis::co::CoCriteria;
 use crate::analysis::{self, tidy, AnalysisCtx, EpochRef, Images};
-use crate::checkpoint::{atomic_write, RunDir};
 use crate::error::{CovfError, Result};
-use crate::train::spec::validate_run_name;
-use crate::train::{fit_or_reuse, Reuse, TrainSpec};
+use crate::run::checkpoint::{atomic_write, RunDir};
+use crate::run::spec::validate_run_name;
+use crate::run::TrainSpec;
+use crate::train::{fit_or_reuse, Reuse};
 
 /// One run of the study, under the id the spec's analyses use.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use covf::checkpoint::RunDir;
+use covf::run::checkpoint::RunDir;
 
 mod common;
 use common::{covf, require_fmnist, text};
@@ -59,7 +59,8 @@ fn trains_two_epochs_on_fashion_mnist_and_writes_everything() {
         serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
     assert_eq!(spec["spec"]["method"]["name"], "fgsm");
     assert_eq!(spec["spec"]["train_subset"], 512);
-    let (tensors, meta) = covf::checkpoint::load_tensors(&run.join("epoch-002.safetensors"), &Device::Cpu).unwrap();
+    let (tensors, meta) =
+        covf::run::checkpoint::load_tensors(&run.join("epoch-002.safetensors"), &Device::Cpu).unwrap();
     assert_eq!(meta["epoch"], "2");
     assert_eq!(meta["method"], "fgsm");
     assert_eq!(meta["dataset"], "fmnist");
@@ -68,7 +69,7 @@ fn trains_two_epochs_on_fashion_mnist_and_writes_everything() {
     assert_eq!(meta["seed"], "0");
     assert!(meta.contains_key("covf_version") && meta.contains_key("alpha"));
     assert!(tensors.contains_key("layer1.0.bn1.running_mean") && tensors.contains_key("linear.weight"));
-    let df = covf::metrics::read_parquet(&run.join("metrics.parquet")).unwrap();
+    let df = covf::run::metrics::read_parquet(&run.join("metrics.parquet")).unwrap();
     assert_eq!(df.height(), 2);
     for col in [
         "train_acc_adv",
@@ -128,7 +129,7 @@ fn only_the_last_epoch_is_kept_without_the_flag() {
 }
 
 fn tensors_of(p: &Path) -> Vec<(String, Vec<f32>)> {
-    let (t, _) = covf::checkpoint::load_tensors(p, &Device::Cpu).unwrap();
+    let (t, _) = covf::run::checkpoint::load_tensors(p, &Device::Cpu).unwrap();
     let mut v: Vec<(String, Vec<f32>)> = t
         .into_iter()
         .map(|(k, t)| {
@@ -190,7 +191,7 @@ fn interrupted_run_resumes_identically(base: &[&str], epochs: usize) {
             assert!(va == vb, "{na} in {file} differs after resume");
         }
     }
-    let df = covf::metrics::read_parquet(&dir.path().join("checkpoints/cut/metrics.parquet")).unwrap();
+    let df = covf::run::metrics::read_parquet(&dir.path().join("checkpoints/cut/metrics.parquet")).unwrap();
     assert_eq!(df.height(), epochs);
 }
 
@@ -282,9 +283,9 @@ fn every_training_method_trains_from_the_cli() {
             !run.join(format!("epoch-{:03}.safetensors", epochs + 1)).exists(),
             "{name}"
         );
-        let df = covf::metrics::read_parquet(&run.join("metrics.parquet")).unwrap();
+        let df = covf::run::metrics::read_parquet(&run.join("metrics.parquet")).unwrap();
         assert_eq!(df.height(), *epochs, "{name}");
-        let (_, meta) = covf::checkpoint::load_tensors(&run.join("epoch-001.safetensors"), &Device::Cpu).unwrap();
+        let (_, meta) = covf::run::checkpoint::load_tensors(&run.join("epoch-001.safetensors"), &Device::Cpu).unwrap();
         if method.starts_with("apart") {
             // Step sizes in the checkpoint metadata and in the tidy table, one row per layer and epoch.
             let steps: Vec<serde_json::Value> = serde_json::from_str(&meta["step_sizes"]).unwrap();
@@ -295,7 +296,7 @@ fn every_training_method_trains_from_the_cli() {
                 _ => &["input", "block1", "block2", "block3"],
             };
             assert_eq!(layers, expected, "{name}");
-            let rows = covf::metrics::read_step_sizes(&run).unwrap();
+            let rows = covf::run::metrics::read_step_sizes(&run).unwrap();
             assert_eq!(rows.len(), expected.len() * epochs, "{name}");
             assert!(rows.iter().all(|r| r.alpha.is_finite() && r.alpha >= 0.0), "{name}");
         } else {
@@ -469,7 +470,7 @@ fn cifar10_and_cifar100_binary_files_train_and_faults_are_named() {
     let o = covf(&a, dir.path());
     assert!(o.status.success(), "{}", text(&o));
     let (_, meta) =
-        covf::checkpoint::load_tensors(&dir.path().join("checkpoints/c10/epoch-001.safetensors"), &Device::Cpu)
+        covf::run::checkpoint::load_tensors(&dir.path().join("checkpoints/c10/epoch-001.safetensors"), &Device::Cpu)
             .unwrap();
     assert_eq!(meta["dataset"], "cifar10");
 
@@ -492,7 +493,7 @@ fn cifar10_and_cifar100_binary_files_train_and_faults_are_named() {
     let o = covf(&a, dir.path());
     assert!(o.status.success(), "{}", text(&o));
     let (t, _) =
-        covf::checkpoint::load_tensors(&dir.path().join("checkpoints/c100/epoch-001.safetensors"), &Device::Cpu)
+        covf::run::checkpoint::load_tensors(&dir.path().join("checkpoints/c100/epoch-001.safetensors"), &Device::Cpu)
             .unwrap();
     assert_eq!(t["linear.weight"].dims(), &[100, 64]);
 
@@ -646,9 +647,9 @@ fn mixed_precision_training_runs_from_the_cli_under_its_own_name() {
     .unwrap();
     assert_eq!(spec.precision, covf::optim::Precision::F16);
     // Master weights (and so checkpoints) stay f32.
-    let (t, _) = covf::checkpoint::load_tensors(&run.join("epoch-001.safetensors"), &Device::Cpu).unwrap();
+    let (t, _) = covf::run::checkpoint::load_tensors(&run.join("epoch-001.safetensors"), &Device::Cpu).unwrap();
     assert_eq!(t["linear.weight"].dtype(), candle_core::DType::F32);
-    let df = covf::metrics::read_parquet(&run.join("metrics.parquet")).unwrap();
+    let df = covf::run::metrics::read_parquet(&run.join("metrics.parquet")).unwrap();
     let clean = df.column("test_acc_clean").unwrap().f64().unwrap().get(0).unwrap();
     assert!((0.0..=1.0).contains(&clean), "{clean}");
 }
@@ -787,7 +788,7 @@ fn eval_writes_tidy_results_orders_attacks_and_resumes_autoattack() {
 }
 
 fn table(path: &Path) -> polars::prelude::DataFrame {
-    covf::metrics::read_parquet(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    covf::run::metrics::read_parquet(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn f64s(df: &polars::prelude::DataFrame, col: &str) -> Vec<f64> {
@@ -953,7 +954,7 @@ fn analyze_measures_transfer_gap_curves_steps_and_the_co_verdict_with_a_cache() 
         let kept = dir
             .path()
             .join(format!("checkpoints/a/epoch-00{e}.train-images.safetensors"));
-        let t = covf::checkpoint::load_tensors(&kept, &candle_core::Device::Cpu)
+        let t = covf::run::checkpoint::load_tensors(&kept, &candle_core::Device::Cpu)
             .unwrap()
             .0;
         assert_eq!(t["omega"].dims(), &[512, 1, 28, 28]);

@@ -12,9 +12,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{Device, Tensor};
-use covf::checkpoint::{self, Checkpoint, FORMAT};
 use covf::data::{cifar, idx, DatasetKind};
 use covf::models::{self, Arch, ArchSpec};
+use covf::run::checkpoint::{self, Checkpoint, FORMAT};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 

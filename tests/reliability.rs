@@ -9,7 +9,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use covf::checkpoint::RunDir;
+use covf::run::checkpoint::RunDir;
 
 mod common;
 use common::{covf, require_fmnist, text};
@@ -29,7 +29,8 @@ const TINY: &[&str] = &[
 ];
 
 fn tensors_of(p: &Path) -> Vec<(String, Vec<u8>)> {
-    let (t, _) = covf::checkpoint::load_tensors(p, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let (t, _) =
+        covf::run::checkpoint::load_tensors(p, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     let mut v: Vec<(String, Vec<u8>)> = t
         .into_iter()
         .map(|(k, t)| {
@@ -111,10 +112,11 @@ fn assert_readable(run: &Path) {
             continue;
         }
         if name.ends_with(".safetensors") {
-            covf::checkpoint::load_tensors(&p, &Device::Cpu).unwrap_or_else(|e| panic!("torn file after a kill: {e}"));
+            covf::run::checkpoint::load_tensors(&p, &Device::Cpu)
+                .unwrap_or_else(|e| panic!("torn file after a kill: {e}"));
         }
         if name == "metrics.parquet" {
-            covf::metrics::read_parquet(&p).unwrap_or_else(|e| panic!("torn metrics after a kill: {e}"));
+            covf::run::metrics::read_parquet(&p).unwrap_or_else(|e| panic!("torn metrics after a kill: {e}"));
         }
     }
     if run.join("run.json").is_file() {
@@ -244,7 +246,7 @@ fn sigkill_at_random_moments_never_leaves_a_torn_file_and_resumes_to_the_same_we
                 &cut.join("train-state.safetensors")
             ));
             // Every epoch's metrics row is there exactly once, as after an uninterrupted run.
-            let df = covf::metrics::read_parquet(&cut.join("metrics.parquet")).unwrap();
+            let df = covf::run::metrics::read_parquet(&cut.join("metrics.parquet")).unwrap();
             let epochs: Vec<i64> = df
                 .column("epoch")
                 .unwrap()
@@ -255,7 +257,7 @@ fn sigkill_at_random_moments_never_leaves_a_torn_file_and_resumes_to_the_same_we
                 .into_no_null_iter()
                 .collect();
             assert_eq!(epochs, [1, 2, 3, 4], "{label}");
-            let full_df = covf::metrics::read_parquet(&full.join("metrics.parquet")).unwrap();
+            let full_df = covf::run::metrics::read_parquet(&full.join("metrics.parquet")).unwrap();
             for col in [
                 "train_loss_adv",
                 "test_acc_clean",
@@ -315,7 +317,7 @@ fn same_seed_gives_bit_identical_checkpoints_and_another_seed_does_not() {
     ));
     // The metadata differs only by the run's name (also inside the embedded training spec).
     let meta = |n: &str| {
-        let mut m = covf::checkpoint::read_metadata(&ck(n, "epoch-004.safetensors")).unwrap();
+        let mut m = covf::run::checkpoint::read_metadata(&ck(n, "epoch-004.safetensors")).unwrap();
         m.remove("run");
         let mut spec: serde_json::Value = serde_json::from_str(&m.remove("train_spec").unwrap()).unwrap();
         assert_eq!(spec["name"], n);
@@ -410,7 +412,8 @@ fn eval_and_analyze_survive_sigkill_and_finish_with_the_uninterrupted_results() 
     };
     assert_eq!(rows("x"), rows("y"), "eval after {kills} kills");
     let gap = |study: &str| {
-        let df = covf::metrics::read_parquet(&d.join("analyses").join(study).join("out/gap-pgd10.parquet")).unwrap();
+        let df =
+            covf::run::metrics::read_parquet(&d.join("analyses").join(study).join("out/gap-pgd10.parquet")).unwrap();
         let g: Vec<u64> = df
             .column("gap")
             .unwrap()

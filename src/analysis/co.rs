@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
 use super::gap::GapRow;
 use super::tidy::{Cell, Kind, TidyRow};
 use super::transfer::{Source, TransferRow};
-use crate::checkpoint::RunDir;
 use crate::error::Result;
-use crate::metrics::{col_f64, col_u64, read_parquet};
+use crate::run::checkpoint::RunDir;
+use crate::run::metrics::{col_f64, col_u64, read_parquet};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CoCriteria {

@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 use super::tidy::{Cell, Kind, TidyRow};
 use super::{cache, mean, per_sample, perturbed_batches, AnalysisCtx, EpochRef};
 use crate::attacks::Pgd;
-use crate::checkpoint::RunDir;
 use crate::error::Result;
-use crate::metrics::{col_f64, col_u64, read_parquet};
 use crate::rng::Rng;
+use crate::run::checkpoint::RunDir;
+use crate::run::metrics::{col_f64, col_u64, read_parquet};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CurveRow {

@@ -25,13 +25,13 @@ use candle_core::Tensor;
 
 use super::{AnalysisCtx, EpochRef, Images};
 use crate::attacks::{input_grad, project, sign_step, uniform_start, Attack, AttackCtx, Perturbation};
-use crate::checkpoint::{self, Checkpoint};
 use crate::error::{CovfError, Result};
 use crate::models::Classifier;
+use crate::run::checkpoint::{self, Checkpoint};
 use crate::train::apart::OMEGA;
-use crate::train::fit;
+
+use crate::run::{MethodSpec, TrainSpec};
 use crate::train::sfgsm::cut_at_first_misclassified;
-use crate::train::{MethodSpec, TrainSpec};
 
 #[derive(Debug, Clone)]
 pub enum Generator {
@@ -197,7 +197,7 @@ pub fn own_generator(ctx: &AnalysisCtx, a: &EpochRef, ck: &Checkpoint) -> Result
         t.get(k)
             .ok_or_else(|| CovfError::checkpoint(&path, format!("no '{k}' tensor")))
     };
-    let ids: Vec<i64> = field(fit::IMAGE_IDS)?.to_vec1()?;
+    let ids: Vec<i64> = field(crate::run::sets::IMAGE_IDS)?.to_vec1()?;
     let omega = field(OMEGA)?;
     let row: HashMap<usize, usize> = ids.iter().enumerate().map(|(r, &id)| (id as usize, r)).collect();
     let ds = ctx.image_set(&a.spec)?;

@@ -21,13 +21,14 @@ use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::attacks::{correct_mask, per_sample_ce, Attack, AttackCtx};
-use crate::checkpoint::RunDir;
 use crate::data::Dataset;
 use crate::error::{CovfError, Result};
-use crate::model_file::ModelFile;
 use crate::models::{Classifier, Mode, PreActResNet};
 use crate::rng::Rng;
-use crate::train::{fit, TrainSpec};
+use crate::run::checkpoint::RunDir;
+use crate::run::model_file::ModelFile;
+
+use crate::run::TrainSpec;
 
 const CACHE_VERSION: &str = "analysis-v2";
 
@@ -96,12 +97,12 @@ impl AnalysisCtx {
     }
 
     /// The images the analyses use for a run: the seeded test subset of its dataset, or the first `n`
-    /// of the images it trains on in a fixed seeded order (`fit::train_image_positions`).
+    /// of the images it trains on in a fixed seeded order (`crate::run::sets::train_image_positions`).
     pub fn image_set(&self, spec: &TrainSpec) -> Result<Dataset> {
         match self.images {
-            Images::Test => crate::eval::test_set(spec, self.data_dir.as_deref(), self.n),
+            Images::Test => crate::run::sets::test_set(spec, self.data_dir.as_deref(), self.n),
             Images::Train => {
-                let train = fit::train_set(spec, self.data_dir.as_deref())?;
+                let train = crate::run::sets::train_set(spec, self.data_dir.as_deref())?;
                 if self.n > train.len() {
                     return Err(CovfError::spec(
                         "--n",
@@ -113,7 +114,7 @@ impl AnalysisCtx {
                         ),
                     ));
                 }
-                Ok(train.select(&fit::train_image_positions(&train, self.n)))
+                Ok(train.select(&crate::run::sets::train_image_positions(&train, self.n)))
             }
         }
     }
@@ -199,10 +200,10 @@ impl EpochRef {
     }
 
     /// The model, weight-detached (analyses only need input gradients), and the checkpoint metadata.
-    pub fn load(&self, dev: &Device) -> Result<(PreActResNet, crate::checkpoint::Checkpoint)> {
+    pub fn load(&self, dev: &Device) -> Result<(PreActResNet, crate::run::checkpoint::Checkpoint)> {
         let (m, ck) = match &self.file {
             Some(f) => f.load(dev)?,
-            None => fit::load_model(&self.spec, &self.path(), dev)?,
+            None => crate::run::load_model(&self.spec, &self.path(), dev)?,
         };
         Ok((m.detached(), ck))
     }
@@ -289,7 +290,7 @@ pub fn study_out(study: &str) -> Result<PathBuf> {
     let dir = if p.components().count() > 1 || p.is_absolute() {
         p.to_path_buf()
     } else {
-        crate::train::spec::validate_run_name(study).map_err(|_| {
+        crate::run::spec::validate_run_name(study).map_err(|_| {
             CovfError::spec(
                 "study",
                 format!("'{study}': a study name is letters, digits, '.', '_' and '-' (or give a directory)"),

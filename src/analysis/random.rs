@@ -9,7 +9,7 @@ use super::{cache, mean, per_sample, perturbed_batches, AnalysisCtx, EpochRef};
 use crate::attacks::Noise;
 use crate::error::Result;
 use crate::rng::Rng;
-use crate::train::TrainSpec;
+use crate::run::TrainSpec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoiseKind {

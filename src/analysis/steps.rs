@@ -5,9 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::tidy::{Cell, Kind, TidyRow};
-use crate::checkpoint::RunDir;
 use crate::error::Result;
-use crate::metrics::read_step_sizes;
+use crate::run::checkpoint::RunDir;
+use crate::run::metrics::read_step_sizes;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRow {

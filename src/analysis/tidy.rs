@@ -5,8 +5,8 @@ use std::path::Path;
 
 use polars::prelude::*;
 
-use crate::checkpoint::atomic_write;
 use crate::error::{CovfError, Result};
+use crate::run::checkpoint::atomic_write;
 
 /// One value of a row; the column's type is its `Kind`.
 #[derive(Debug, Clone, PartialEq)]

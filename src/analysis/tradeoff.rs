@@ -13,7 +13,8 @@ use super::{cache, mean, per_sample, perturbed_batches, AnalysisCtx, EpochRef};
 use crate::attacks::Pgd;
 use crate::error::{CovfError, Result};
 use crate::rng::Rng;
-use crate::train::{fit_or_reuse, Reuse, TrainSpec};
+use crate::run::TrainSpec;
+use crate::train::{fit_or_reuse, Reuse};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TradeoffRow {

@@ -18,7 +18,7 @@ use super::tidy::{Cell, Kind, TidyRow};
 use super::{cache, mean, per_sample, perturbed_batches, AnalysisCtx, EpochRef};
 use crate::error::{CovfError, Result};
 use crate::rng::Rng;
-use crate::train::MethodSpec;
+use crate::run::MethodSpec;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TransferRow {
@@ -118,7 +118,7 @@ impl Source {
         }
     }
 
-    fn generator(self, ctx: &AnalysisCtx, a: &EpochRef, ck: &crate::checkpoint::Checkpoint) -> Result<Generator> {
+    fn generator(self, ctx: &AnalysisCtx, a: &EpochRef, ck: &crate::run::checkpoint::Checkpoint) -> Result<Generator> {
         let eps = a.spec.eps.value;
         match self {
             Source::Own => own_generator(ctx, a, ck),
@@ -138,9 +138,9 @@ pub fn one(ctx: &AnalysisCtx, reference: &EpochRef, a: &EpochRef, source: Source
     let eps = a.spec.eps.value;
     let random_acc = random::baseline(ctx, reference, &a.spec, NoiseKind::Sign, eps)?.accuracy;
     // The generator needs only the checkpoint's metadata (APART's α1); the weights load on a cache miss.
-    let meta = crate::checkpoint::Checkpoint {
+    let meta = crate::run::checkpoint::Checkpoint {
         tensors: Default::default(),
-        meta: crate::checkpoint::read_metadata(&a.path())?,
+        meta: crate::run::checkpoint::read_metadata(&a.path())?,
     };
     let generator = source.generator(ctx, a, &meta)?;
     let key = cache::key(&[

@@ -7,9 +7,9 @@ use clap::{Args, Subcommand};
 
 use covf::analysis::co::CoCriteria;
 use covf::analysis::{self, tidy, AnalysisCtx, EpochRef};
-use covf::checkpoint::RunDir;
 use covf::device::parse_device;
-use covf::train::Eps;
+use covf::run::checkpoint::RunDir;
+use covf::run::Eps;
 use covf::CovfError;
 
 use super::eval::{resolve, resolve_target, select_epochs, ForeignArgs, Target};
@@ -332,7 +332,7 @@ pub fn tradeoff_specs(
     eps_train: &[String],
     train_args: &str,
     common: &Common,
-) -> Result<Vec<covf::train::TrainSpec>, CovfError> {
+) -> Result<Vec<covf::run::TrainSpec>, CovfError> {
     let mut specs = Vec::new();
     for m in methods {
         for e in eps_train {

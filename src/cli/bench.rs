@@ -7,7 +7,7 @@ use covf::data::DatasetKind;
 use covf::device::parse_device;
 use covf::models::{Arch, ArchSpec};
 use covf::optim::Precision;
-use covf::train::{Eps, MethodSpec};
+use covf::run::{Eps, MethodSpec};
 use covf::CovfError;
 
 #[derive(Debug, Args)]

@@ -5,14 +5,14 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 
-use covf::checkpoint::RunDir;
 use covf::data::DatasetKind;
 use covf::device::parse_device;
 use covf::eval::table::{self, Format, TableRow};
 use covf::eval::{self, AttackSpec, EvalSpec, EvalTarget};
-use covf::model_file::{epoch_of_name, identity_normalization, parse_normalize, Foreign, ModelFile};
 use covf::models::Arch;
-use covf::train::Eps;
+use covf::run::checkpoint::RunDir;
+use covf::run::model_file::{epoch_of_name, identity_normalization, parse_normalize, Foreign, ModelFile};
+use covf::run::Eps;
 use covf::CovfError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

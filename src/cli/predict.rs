@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 use candle_core::DType;
 use clap::Args;
 
-use covf::checkpoint::{save_tensors, COVF_VERSION};
 use covf::device::parse_device;
 use covf::models::{ArchSpec, Classifier, Mode};
-use covf::train::fit;
+use covf::run::checkpoint::{save_tensors, COVF_VERSION};
 use covf::CovfError;
 
 use super::eval::{resolve_target, ForeignArgs, Target};
@@ -62,11 +61,11 @@ pub fn run(a: PredictArgs, root: &Path) -> anyhow::Result<()> {
                     .ok_or_else(|| CovfError::run(&run.name, "has no epoch checkpoint yet"))?,
             };
             let path = run.epoch_path(epoch);
-            let (m, _) = fit::load_model(&spec, &path, &dev)?;
+            let (m, _) = covf::run::load_model(&spec, &path, &dev)?;
             (spec.clone(), ArchSpec::new(spec.arch, spec.dataset), m, path)
         }
     };
-    let ds = covf::eval::test_set(&spec, a.data_dir.as_deref(), a.n)?;
+    let ds = covf::run::sets::test_set(&spec, a.data_dir.as_deref(), a.n)?;
     let positions: Vec<usize> = (0..ds.len()).collect();
     let b = ds.batch(&positions, None, &dev)?;
     let logits = model.logits(&b.x, Mode::EVAL)?.detach();

@@ -12,8 +12,8 @@ use serde::Deserialize;
 use covf::analysis::co::CoCriteria;
 use covf::analysis::Images;
 use covf::device::parse_device;
+use covf::run::{Eps, TrainSpec};
 use covf::study::{PerturbationSpec, StudyRun, StudySpec, TradeoffSpec};
-use covf::train::{Eps, TrainSpec};
 use covf::CovfError;
 
 #[derive(Debug, Args)]
@@ -179,7 +179,7 @@ fn train_spec(table: &toml::Table, at: &str) -> Result<TrainSpec, CovfError> {
 /// Parses and validates a study file's text. `dir` is where the study's outputs go.
 pub fn parse(text: &str, path: &Path, dir: Option<PathBuf>) -> Result<StudySpec, CovfError> {
     let f: File = toml::from_str(text).map_err(|e| CovfError::data(path, format!("not a valid study file: {e}")))?;
-    covf::train::spec::validate_run_name(&f.study.name).map_err(|_| {
+    covf::run::spec::validate_run_name(&f.study.name).map_err(|_| {
         CovfError::spec(
             "study.name",
             format!("'{}': letters, digits, '.', '_' and '-' only", f.study.name),

@@ -4,12 +4,13 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, ValueEnum};
 
-use covf::checkpoint::RunDir;
 use covf::data::{Augment, DatasetKind};
 use covf::device::parse_device;
 use covf::models::Arch;
 use covf::optim::{LrSchedule, Precision};
-use covf::train::{fit, ApartConfig, AttackBn, EpochEvalSpec, Eps, FitOptions, MethodSpec, TrainSpec};
+use covf::run::checkpoint::RunDir;
+use covf::run::{ApartConfig, AttackBn, EpochEvalSpec, Eps, MethodSpec, TrainSpec};
+use covf::train::{fit, FitOptions};
 use covf::CovfError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

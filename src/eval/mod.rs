@@ -18,13 +18,15 @@ pub use results::{CheckRow, EvalRow};
 
 use crate::attacks::autoattack::CascadeState;
 use crate::attacks::{correct, per_sample_ce, Attack, AttackCtx};
-use crate::checkpoint::{atomic_write, RunDir};
-use crate::data::{self, Dataset};
+use crate::data::Dataset;
 use crate::error::{CovfError, Result};
-use crate::model_file::ModelFile;
 use crate::models::{Classifier, Mode, PreActResNet};
 use crate::rng::Rng;
-use crate::train::{fit, Eps, TrainSpec};
+use crate::run::checkpoint::{atomic_write, RunDir};
+use crate::run::model_file::ModelFile;
+use crate::run::sets::test_set;
+
+use crate::run::{Eps, TrainSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AccLoss {
@@ -119,7 +121,7 @@ impl EvalTarget {
     fn load(&self, train: &TrainSpec, epoch: usize, dev: &Device) -> Result<PreActResNet> {
         Ok(match &self.file {
             Some(f) => f.load(dev)?.0,
-            None => fit::load_model(train, &self.run.epoch_path(epoch), dev)?.0,
+            None => crate::run::load_model(train, &self.run.epoch_path(epoch), dev)?.0,
         })
     }
 }
@@ -185,31 +187,10 @@ fn progress(quiet: bool, n: usize, label: String) -> ProgressBar {
 
 /// Mean of the run's `epoch_seconds` (training time per epoch), if its metrics are readable.
 pub fn mean_epoch_seconds(run: &RunDir) -> Option<f64> {
-    let df = crate::metrics::read_parquet(&run.path.join("metrics.parquet")).ok()?;
+    let df = crate::run::metrics::read_parquet(&run.path.join("metrics.parquet")).ok()?;
     let c = df.column("epoch_seconds").ok()?.f64().ok()?.clone();
     let v: Vec<f64> = c.iter().flatten().collect();
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-}
-
-/// The test images of a run's dataset, the seeded subset of size `n`.
-pub fn test_set(train: &TrainSpec, data_dir: Option<&Path>, n: usize) -> Result<Dataset> {
-    let dir = data_dir.or(train.data_dir.as_deref());
-    let (_, test) = data::load(train.dataset, dir)?;
-    if n > test.len() {
-        return Err(CovfError::spec(
-            "--n",
-            format!(
-                "{n} test images requested, the {} test set has {}",
-                train.dataset.name(),
-                test.len()
-            ),
-        ));
-    }
-    if n < test.len() {
-        test.subset(n, fit::DATA_SEED, "test")
-    } else {
-        Ok(test)
-    }
 }
 
 fn stack(ds: &Dataset, idx: &[usize], dev: &Device) -> Result<(Tensor, Tensor)> {

@@ -6,9 +6,9 @@ use std::path::Path;
 
 use polars::prelude::*;
 
-use crate::checkpoint::atomic_write;
 use crate::error::{CovfError, Result};
-use crate::metrics::{col_f64, col_str, col_u64};
+use crate::run::checkpoint::atomic_write;
+use crate::run::metrics::{col_f64, col_str, col_u64};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalRow {

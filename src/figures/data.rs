@@ -97,13 +97,13 @@ pub struct StudyTables {
 }
 
 fn strs(df: &DataFrame, c: &str, p: &Path) -> Result<Vec<String>> {
-    crate::metrics::col_str(df, c, p)
+    crate::run::metrics::col_str(df, c, p)
 }
 fn u64s(df: &DataFrame, c: &str, p: &Path) -> Result<Vec<u64>> {
-    crate::metrics::col_u64(df, c, p)
+    crate::run::metrics::col_u64(df, c, p)
 }
 fn f64s(df: &DataFrame, c: &str, p: &Path) -> Result<Vec<f64>> {
-    crate::metrics::col_f64(df, c, p)
+    crate::run::metrics::col_f64(df, c, p)
 }
 
 /// A run, its method, and its points.

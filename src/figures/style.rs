@@ -9,8 +9,8 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
-use crate::checkpoint::atomic_write;
 use crate::error::{CovfError, Result};
+use crate::run::checkpoint::atomic_write;
 
 /// Pixel size of one panel; SVG uses the same units.
 pub const SIZE: (u32, u32) = (720, 480);

@@ -24,13 +24,13 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::{DType, Tensor, Var};
 
 use super::per_example::PerExampleStore;
-use super::spec::ApartConfig;
 use super::{MethodEnv, StepCtx, StepSize, StepStats, TrainMethod};
 use crate::data::Batch;
 use crate::error::{CovfError, Result};
 use crate::models::{Mode, PreActResNet};
 use crate::optim::LrSchedule;
 use crate::rng::Rng;
+use crate::run::ApartConfig;
 
 /// One momentum-SGD ascent step on L − λ‖α‖² for a scalar step size (the reference's update:
 /// d = −g + 2λα; b = μ·b + d; α −= lr·b), then α kept ≥ 0. Returns (α, b).
@@ -71,7 +71,7 @@ impl ApartTraining {
             None
         };
         let init_scale = if cfg.learned_init { cfg.init_scale } else { 0.0 };
-        let label = super::spec::MethodSpec::Apart(cfg.clone()).label();
+        let label = crate::run::MethodSpec::Apart(cfg.clone()).label();
         Ok(ApartTraining {
             alphas: vec![f64::from(cfg.alpha_init), f64::from(init_scale)],
             bufs: vec![0.0, 0.0],

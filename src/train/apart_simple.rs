@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::Tensor;
 
 use super::apart::ApartTraining;
-use super::spec::ApartConfig;
 use super::{MethodEnv, StepCtx, StepSize, StepStats, TrainMethod};
 use crate::data::Batch;
 use crate::error::Result;
 use crate::models::PreActResNet;
+use crate::run::ApartConfig;
 
 pub struct ApartSimpleTraining(ApartTraining);
 

@@ -11,41 +11,18 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{build_method, MethodEnv, StepCtx, StepStats, TrainMethod, TrainSpec};
+use super::{build_method, MethodEnv, StepCtx, StepStats, TrainMethod};
 use crate::attacks::{correct, Attack, AttackCtx, Fgsm, Pgd};
-use crate::checkpoint::{self, Checkpoint, RunDir};
-use crate::data::{self, Batch, Dataset};
+use crate::data::{self, Batch};
 use crate::error::{CovfError, Result};
 use crate::eval::evaluate;
-use crate::metrics::{self, EpochRecord};
 use crate::models::{self, ArchSpec, Classifier, Mode, PreActResNet};
 use crate::optim::{LossScaler, LrSchedule, Sgd};
 use crate::rng::Rng;
-
-/// Seed of the fixed train/test subsets: the same images for every run, whatever its training seed.
-pub const DATA_SEED: u64 = 0;
-
-/// Training images whose per-example state (APART's ω) every epoch keeps for the analyses
-/// (`covf analyze --images train`): the first of `train_image_positions`.
-pub const TRAIN_IMAGES_KEPT: usize = 1000;
-
-/// The key of the image ids (positions in the full training set) in a `.train-images.safetensors` file;
-/// row k of every other tensor there belongs to image k.
-pub const IMAGE_IDS: &str = "image_ids";
-
-/// Positions, in a run's training set `train`, of the analyses' `n` training images: the first `n` of the
-/// images it trains on in a fixed seeded order of the full training set, ascending. Every run on the full
-/// set gets the same images whatever its seed, and a smaller `n` picks a subset of a larger one.
-pub fn train_image_positions(train: &Dataset, n: usize) -> Vec<usize> {
-    let at: HashMap<usize, usize> = train.index.iter().enumerate().map(|(p, &id)| (id, p)).collect();
-    let mut picked: Vec<usize> = data::seeded_order(train.source_len(), DATA_SEED, "train-images")
-        .into_iter()
-        .filter_map(|id| at.get(&id).copied())
-        .take(n)
-        .collect();
-    picked.sort_unstable();
-    picked
-}
+use crate::run::checkpoint::{self, Checkpoint, RunDir};
+use crate::run::metrics::{self, EpochRecord};
+use crate::run::sets::{load_data, train_image_positions, IMAGE_IDS, TRAIN_IMAGES_KEPT};
+use crate::run::TrainSpec;
 
 #[derive(Debug, Clone, Default)]
 pub struct FitOptions {
@@ -61,35 +38,6 @@ pub struct FitSummary {
     pub run: RunDir,
     pub records: Vec<EpochRecord>,
     pub resumed_from: Option<usize>,
-}
-
-/// Loads the datasets a spec asks for (subsets applied).
-pub fn load_data(spec: &TrainSpec) -> Result<(Dataset, Dataset)> {
-    let (train, test) = data::load(spec.dataset, spec.data_dir.as_deref())?;
-    let train = train_subset(spec, train)?;
-    let test = if spec.eval.test_subset < test.len() {
-        test.subset(spec.eval.test_subset, DATA_SEED, "test")?
-    } else {
-        test
-    };
-    Ok((train, test))
-}
-
-/// The training set a run trains on (`--train-subset` applied), read from `dir` or the spec's directory.
-pub fn train_set(spec: &TrainSpec, dir: Option<&Path>) -> Result<Dataset> {
-    let (train, _) = data::load(spec.dataset, dir.or(spec.data_dir.as_deref()))?;
-    train_subset(spec, train)
-}
-
-fn train_subset(spec: &TrainSpec, train: Dataset) -> Result<Dataset> {
-    match spec.train_subset {
-        Some(n) if n < train.len() => train.subset(n, DATA_SEED, "train"),
-        Some(n) if n > train.len() => Err(CovfError::spec(
-            "train subset",
-            format!("{n} requested, the training set has {}", train.len()),
-        )),
-        _ => Ok(train),
-    }
 }
 
 fn state_meta(
@@ -537,51 +485,4 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
         records,
         resumed_from,
     })
-}
-
-/// Loads an epoch checkpoint into a fresh model of the architecture its run was trained with.
-pub fn load_model(spec: &TrainSpec, path: &Path, dev: &Device) -> Result<(PreActResNet, Checkpoint)> {
-    let arch = ArchSpec::new(spec.arch, spec.dataset);
-    let (model, store) = models::build(&arch, dev, spec.seed)?;
-    let ck = Checkpoint::load(path, dev)?;
-    store.load(&ck.tensors, path)?;
-    Ok((model, ck))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::data::DatasetKind;
-
-    #[test]
-    fn the_analyses_training_images_are_fixed_nested_and_follow_a_subset_run() {
-        let full = Dataset::new(
-            DatasetKind::FashionMnist,
-            vec![0; 100 * 784],
-            (0..100).map(|i| i % 10).collect(),
-        );
-        let ten = train_image_positions(&full, 10);
-        let five = train_image_positions(&full, 5);
-        assert_eq!(ten.len(), 10);
-        assert!(ten.windows(2).all(|w| w[0] < w[1]), "{ten:?}");
-        assert!(five.iter().all(|p| ten.contains(p)), "{five:?} ⊄ {ten:?}");
-        assert_eq!(ten, train_image_positions(&full, 10));
-        // On the full set positions are image ids: the first ten of the seeded order.
-        let mut first: Vec<usize> = data::seeded_order(100, DATA_SEED, "train-images")[..10].to_vec();
-        first.sort_unstable();
-        assert_eq!(ten, first);
-        // A run on a 30-image subset: the first ten of *its* images in the same order; where the full
-        // set's ten are among its images they are the same images.
-        let sub = full.subset(30, DATA_SEED, "train").unwrap();
-        let ids: Vec<usize> = train_image_positions(&sub, 10).iter().map(|&p| sub.index[p]).collect();
-        let order = data::seeded_order(100, DATA_SEED, "train-images");
-        let mut want: Vec<usize> = order.into_iter().filter(|id| sub.index.contains(id)).take(10).collect();
-        want.sort_unstable();
-        assert_eq!(ids, want);
-        assert!(ten
-            .iter()
-            .filter(|id| sub.index.contains(id))
-            .all(|id| ids.contains(id)));
-        assert_eq!(train_image_positions(&sub, 50).len(), 30);
-    }
 }

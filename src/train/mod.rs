@@ -13,14 +13,13 @@ pub mod nfgsm;
 pub mod per_example;
 pub mod pgd;
 pub mod sfgsm;
-pub mod spec;
 
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::Tensor;
 
+use crate::run::MethodSpec;
 pub use fit::{fit, fit_or_reuse, FitOptions, FitSummary, Reuse};
-pub use spec::{ApartConfig, AttackBn, EpochEvalSpec, Eps, MethodSpec, TrainSpec};
 
 use crate::attacks::{correct, per_sample_ce, Attack, AttackCtx};
 use crate::data::Batch;
@@ -245,6 +244,7 @@ mod tests {
     use super::*;
     use crate::data::{AugParams, DatasetKind};
     use crate::models::{self, ArchSpec};
+    use crate::run::{ApartConfig, AttackBn};
     use candle_core::{DType, Device};
 
     fn apart_cfg(layerwise: bool, learned_init: bool) -> ApartConfig {

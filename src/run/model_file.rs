@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use crate::checkpoint::{self, Checkpoint, FORMAT};
+use super::spec::{AttackBn, EpochEvalSpec, Eps, MethodSpec, TrainSpec};
 use crate::data::{Augment, DatasetKind};
 use crate::error::{CovfError, Result};
 use crate::models::{self, Arch, ArchSpec, PreActResNet};
 use crate::optim::{LrSchedule, Precision};
-use crate::train::{AttackBn, EpochEvalSpec, Eps, MethodSpec, TrainSpec};
+use crate::run::checkpoint::{self, Checkpoint, FORMAT};
 
 /// Metadata key of the full training spec (JSON) in every epoch checkpoint covf writes.
 pub const SPEC_KEY: &str = "train_spec";

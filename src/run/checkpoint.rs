@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use safetensors::tensor::{Dtype, TensorView};
 
 use crate::error::{CovfError, Result};
-use crate::train::spec::{validate_run_name, TrainSpec};
+use crate::run::spec::{validate_run_name, TrainSpec};
 
 pub const COVF_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const FORMAT: &str = "covf-checkpoint-1";
@@ -315,7 +315,7 @@ pub fn epoch_metadata(spec: &TrainSpec, epoch: usize, alpha: f32) -> BTreeMap<St
     );
     // The whole spec, so that a checkpoint copied out of its run directory still describes itself.
     if let Ok(j) = serde_json::to_string(spec) {
-        m.insert(crate::model_file::SPEC_KEY.into(), j);
+        m.insert(crate::run::model_file::SPEC_KEY.into(), j);
     }
     m
 }

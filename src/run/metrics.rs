@@ -6,8 +6,8 @@ use std::path::Path;
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::atomic_write;
 use crate::error::{CovfError, Result};
+use crate::run::checkpoint::atomic_write;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochRecord {

@@ -1,0 +1,13 @@
+//! A run's shared vocabulary, below training, evaluation and the analyses: its validated spec (ε, method,
+//! settings as `run.json` saves them), its directory and checkpoint files, a lone model file, its metric
+//! tables, and the data sets and model it uses.
+
+pub mod checkpoint;
+pub mod metrics;
+pub mod model_file;
+pub mod sets;
+pub mod spec;
+
+pub use checkpoint::{Checkpoint, RunDir};
+pub use sets::{load_model, DATA_SEED};
+pub use spec::{ApartConfig, AttackBn, EpochEvalSpec, Eps, MethodSpec, TrainSpec};
