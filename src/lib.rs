@@ -15,6 +15,7 @@ pub mod rng;
 pub mod run;
 pub mod runs;
 pub mod study;
+pub mod testing;
 pub mod train;
 
 pub use error::{CovfError, Result};

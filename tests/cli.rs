@@ -10,7 +10,7 @@ use candle_core::Device;
 use covf::run::checkpoint::RunDir;
 
 mod common;
-use common::{covf, require_fmnist, text};
+use common::{covf, covf_code, covf_ok, require_fmnist, text};
 
 const SMALL: &[&str] = &[
     "--train-subset",
@@ -42,8 +42,7 @@ fn trains_two_epochs_on_fashion_mnist_and_writes_everything() {
         "0.2",
     ];
     args.extend_from_slice(SMALL);
-    let o = covf(&args, dir.path());
-    assert!(o.status.success(), "{}", text(&o));
+    covf_ok(&args, dir.path());
     let run = dir.path().join("checkpoints/t");
     for f in [
         "run.json",
@@ -110,8 +109,7 @@ fn trains_two_epochs_on_fashion_mnist_and_writes_everything() {
         "{}",
         text(&o)
     );
-    let o = covf(&args, dir.path());
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = covf_code(&args, dir.path(), 2);
     assert!(text(&o).contains("--force"));
 }
 
@@ -121,8 +119,7 @@ fn only_the_last_epoch_is_kept_without_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     let mut args = vec!["train", "--method", "fgsm-rs", "--name", "last"];
     args.extend_from_slice(SMALL);
-    let o = covf(&args, dir.path());
-    assert!(o.status.success(), "{}", text(&o));
+    covf_ok(&args, dir.path());
     let run = dir.path().join("checkpoints/last");
     assert!(!run.join("epoch-001.safetensors").exists());
     assert!(run.join("epoch-002.safetensors").is_file());
@@ -155,8 +152,7 @@ fn interrupted_run_resumes_identically(base: &[&str], epochs: usize) {
     let dir = tempfile::tempdir().unwrap();
     let mut a = vec!["train", "--name", "full"];
     a.extend_from_slice(base);
-    let o = covf(&a, dir.path());
-    assert!(o.status.success(), "{}", text(&o));
+    covf_ok(&a, dir.path());
 
     // Kill the second run as soon as its first epoch is complete, then resume it.
     let mut b = vec!["train", "--name", "cut"];
@@ -180,8 +176,7 @@ fn interrupted_run_resumes_identically(base: &[&str], epochs: usize) {
     );
     let mut r = vec!["train", "--name", "cut", "--resume"];
     r.extend_from_slice(base);
-    let o = covf(&r, dir.path());
-    assert!(o.status.success(), "{}", text(&o));
+    covf_ok(&r, dir.path());
     for file in [last.as_str(), "train-state.safetensors"] {
         let full = tensors_of(&dir.path().join("checkpoints/full").join(file));
         let cut = tensors_of(&dir.path().join("checkpoints/cut").join(file));
@@ -270,8 +265,7 @@ fn every_training_method_trains_from_the_cli() {
         }
         a.extend_from_slice(extra);
         a.extend_from_slice(&small);
-        let o = covf(&a, dir.path());
-        assert!(o.status.success(), "{method}: {}", text(&o));
+        covf_ok(&a, dir.path());
         let run = dir.path().join("checkpoints").join(&name);
         for e in 1..=*epochs {
             assert!(
@@ -303,8 +297,11 @@ fn every_training_method_trains_from_the_cli() {
             assert!(!meta.contains_key("step_sizes"), "{name}");
         }
     }
-    let o = covf(&["train", "--method", "free", "--replays", "0", "--quiet"], dir.path());
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    covf_code(
+        &["train", "--method", "free", "--replays", "0", "--quiet"],
+        dir.path(),
+        2,
+    );
 }
 
 fn write_gz(path: &PathBuf, bytes: &[u8]) {
@@ -350,7 +347,7 @@ fn mnist_idx_files_gzipped_and_raw_train_and_faults_are_named() {
         let d = dir.path().join(sub);
         std::fs::create_dir_all(&d).unwrap();
         write_mnist(&d, 200, 50, gz);
-        let o = covf(
+        covf_ok(
             &[
                 "train",
                 "--dataset",
@@ -369,13 +366,12 @@ fn mnist_idx_files_gzipped_and_raw_train_and_faults_are_named() {
             ],
             dir.path(),
         );
-        assert!(o.status.success(), "{sub}: {}", text(&o));
     }
     // Truncate the raw training images: a clear error naming the file, exit code 2.
     let f = dir.path().join("raw/train-images-idx3-ubyte");
     let bytes = std::fs::read(&f).unwrap();
     std::fs::write(&f, &bytes[..bytes.len() - 100]).unwrap();
-    let o = covf(
+    let o = covf_code(
         &[
             "train",
             "--dataset",
@@ -389,15 +385,15 @@ fn mnist_idx_files_gzipped_and_raw_train_and_faults_are_named() {
             "--quiet",
         ],
         dir.path(),
+        2,
     );
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let t = text(&o);
     assert!(t.contains("train-images-idx3-ubyte") && t.contains("truncated"), "{t}");
     // Labels that do not match the image count.
     write_mnist(&dir.path().join("raw"), 200, 50, false);
     let lab = covf::data::idx::encode_idx(&[3], &[1, 2, 3]);
     std::fs::write(dir.path().join("raw/train-labels-idx1-ubyte"), lab).unwrap();
-    let o = covf(
+    let o = covf_code(
         &[
             "train",
             "--dataset",
@@ -411,8 +407,8 @@ fn mnist_idx_files_gzipped_and_raw_train_and_faults_are_named() {
             "--quiet",
         ],
         dir.path(),
+        2,
     );
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("3 labels"), "{}", text(&o));
 }
 
@@ -467,8 +463,7 @@ fn cifar10_and_cifar100_binary_files_train_and_faults_are_named() {
         "c10",
     ];
     a.extend_from_slice(&common);
-    let o = covf(&a, dir.path());
-    assert!(o.status.success(), "{}", text(&o));
+    covf_ok(&a, dir.path());
     let (_, meta) =
         covf::run::checkpoint::load_tensors(&dir.path().join("checkpoints/c10/epoch-001.safetensors"), &Device::Cpu)
             .unwrap();
@@ -490,8 +485,7 @@ fn cifar10_and_cifar100_binary_files_train_and_faults_are_named() {
         "c100",
     ];
     a.extend_from_slice(&common);
-    let o = covf(&a, dir.path());
-    assert!(o.status.success(), "{}", text(&o));
+    covf_ok(&a, dir.path());
     let (t, _) =
         covf::run::checkpoint::load_tensors(&dir.path().join("checkpoints/c100/epoch-001.safetensors"), &Device::Cpu)
             .unwrap();
@@ -511,16 +505,14 @@ fn cifar10_and_cifar100_binary_files_train_and_faults_are_named() {
         "bad",
     ];
     a.extend_from_slice(&common);
-    let o = covf(&a, dir.path());
-    assert_eq!(o.status.code(), Some(2));
+    let o = covf_code(&a, dir.path(), 2);
     assert!(
         text(&o).contains("data_batch_3.bin") && text(&o).contains("truncated"),
         "{}",
         text(&o)
     );
     std::fs::remove_file(&b3).unwrap();
-    let o = covf(&a, dir.path());
-    assert_eq!(o.status.code(), Some(2));
+    let o = covf_code(&a, dir.path(), 2);
     assert!(
         text(&o).contains("data_batch_3.bin") && text(&o).contains("missing"),
         "{}",
@@ -546,8 +538,7 @@ fn bad_input_exits_with_code_2_and_says_what_is_wrong() {
         (&["train", "--method", "nope"], "nope"),
     ];
     for (args, needle) in cases {
-        let o = covf(args, dir.path());
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        let o = covf_code(args, dir.path(), 2);
         assert!(text(&o).contains(needle), "{args:?}: {}", text(&o));
     }
     assert!(!dir.path().join("checkpoints").exists(), "bad input left output behind");
@@ -556,7 +547,7 @@ fn bad_input_exits_with_code_2_and_says_what_is_wrong() {
 #[test]
 fn bench_reports_each_step_as_json_and_rejects_bad_steps() {
     let dir = tempfile::tempdir().unwrap();
-    let o = covf(
+    let o = covf_ok(
         &[
             "bench",
             "--steps",
@@ -573,7 +564,6 @@ fn bench_reports_each_step_as_json_and_rejects_bad_steps() {
         ],
         dir.path(),
     );
-    assert!(o.status.success(), "{}", text(&o));
     let rows: serde_json::Value = serde_json::from_slice(&o.stdout).expect("bench --json prints JSON");
     let rows = rows.as_array().expect("an array of rows");
     let steps: Vec<&str> = rows.iter().map(|r| r["step"].as_str().unwrap()).collect();
@@ -585,7 +575,7 @@ fn bench_reports_each_step_as_json_and_rejects_bad_steps() {
         let med = r["median_s"].as_f64().unwrap();
         assert!((ips - 8.0 / med).abs() < 1e-6 * ips, "{r}");
     }
-    let o = covf(
+    let o = covf_ok(
         &[
             "bench",
             "--steps",
@@ -602,24 +592,20 @@ fn bench_reports_each_step_as_json_and_rejects_bad_steps() {
         ],
         dir.path(),
     );
-    assert!(o.status.success(), "{}", text(&o));
     let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(rows[0]["dtype"], "f16");
-    let o = covf(&["bench", "--steps", "fgsm", "--dtype", "bf16"], dir.path());
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = covf_code(&["bench", "--steps", "fgsm", "--dtype", "bf16"], dir.path(), 2);
     assert!(text(&o).contains("bf16"), "{}", text(&o));
-    let o = covf(&["bench", "--steps", "pgdx"], dir.path());
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = covf_code(&["bench", "--steps", "pgdx"], dir.path(), 2);
     assert!(text(&o).contains("pgdx"));
-    let o = covf(&["bench", "--shape", "3x32x16"], dir.path());
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    covf_code(&["bench", "--shape", "3x32x16"], dir.path(), 2);
 }
 
 #[test]
 fn mixed_precision_training_runs_from_the_cli_under_its_own_name() {
     require_fmnist();
     let dir = tempfile::tempdir().unwrap();
-    let o = covf(
+    covf_ok(
         &[
             "train",
             "--method",
@@ -636,7 +622,6 @@ fn mixed_precision_training_runs_from_the_cli_under_its_own_name() {
         ],
         dir.path(),
     );
-    assert!(o.status.success(), "{}", text(&o));
     let run = dir.path().join("checkpoints/fgsm-fmnist-preact-tiny-eps0.15-s0-f16");
     let spec = RunDir::new(
         &dir.path().join("checkpoints"),
@@ -675,8 +660,7 @@ fn eval_writes_tidy_results_orders_attacks_and_resumes_autoattack() {
     ];
     args.extend_from_slice(&["--batch-size", "32", "--lr-max", "0.2"]);
     args.extend_from_slice(SMALL);
-    let o = covf(&args, dir.path());
-    assert!(o.status.success(), "{}", text(&o));
+    covf_ok(&args, dir.path());
     let eval = [
         "eval",
         "e",
@@ -688,8 +672,7 @@ fn eval_writes_tidy_results_orders_attacks_and_resumes_autoattack() {
         "--attacks",
         "clean,fgsm,pgd10,cw,gaussian,random-sign",
     ];
-    let o = covf(&eval, dir.path());
-    assert!(o.status.success(), "{}", text(&o));
+    let o = covf_ok(&eval, dir.path());
     // The printed table has Table 3's labels, one line per epoch.
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(
@@ -698,8 +681,7 @@ fn eval_writes_tidy_results_orders_attacks_and_resumes_autoattack() {
     );
     assert_eq!(out.lines().count(), 3, "{out}");
     // AutoAttack (standard) on the last epoch, added to the same tables.
-    let o = covf(&["eval", "e", "--n", "40", "--quiet", "--attacks", "aa"], dir.path());
-    assert!(o.status.success(), "{}", text(&o));
+    covf_ok(&["eval", "e", "--n", "40", "--quiet", "--attacks", "aa"], dir.path());
     let run = dir.path().join("checkpoints/e");
     assert!(run.join("eval/results.csv").is_file() && run.join("eval/checks.parquet").is_file());
     let rows = eval_rows(&run);
@@ -730,7 +712,7 @@ fn eval_writes_tidy_results_orders_attacks_and_resumes_autoattack() {
         "{stages:?}"
     );
     // Same seed, same numbers: a second evaluation of epoch 2 reproduces them exactly.
-    let o = covf(
+    covf_ok(
         &[
             "eval",
             "e",
@@ -744,7 +726,6 @@ fn eval_writes_tidy_results_orders_attacks_and_resumes_autoattack() {
         ],
         dir.path(),
     );
-    assert!(o.status.success(), "{}", text(&o));
     assert_eq!(eval_rows(&run), rows);
 
     // Interrupt AutoAttack after its first stage (the saved state as it was then), and resume.
@@ -761,11 +742,10 @@ fn eval_writes_tidy_results_orders_attacks_and_resumes_autoattack() {
     st["stage_start"] = first;
     st["batches_done"] = serde_json::json!(0);
     std::fs::write(&state, st.to_string()).unwrap();
-    let o = covf(
+    let o = covf_ok(
         &["eval", "e", "--epochs", "2", "--n", "40", "--attacks", "aa"],
         dir.path(),
     );
-    assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("resuming aa"), "{}", text(&o));
     assert_eq!(eval_rows(&run), rows);
 
@@ -782,8 +762,7 @@ fn eval_writes_tidy_results_orders_attacks_and_resumes_autoattack() {
         vec!["eval", "nope"],
         vec!["eval", "e", "--n", "20000"],
     ] {
-        let o = covf(&bad, dir.path());
-        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", text(&o));
+        covf_code(&bad, dir.path(), 2);
     }
 }
 
@@ -837,14 +816,12 @@ fn analyze_measures_transfer_gap_curves_steps_and_the_co_verdict_with_a_cache() 
         let mut a = vec!["train", "--method", method, "--name", name];
         a.extend_from_slice(extra);
         a.extend_from_slice(&common);
-        let o = covf(&a, dir.path());
-        assert!(o.status.success(), "{method}: {}", text(&o));
+        covf_ok(&a, dir.path());
     }
     let co_args = [
         "analyze", "co", "--runs", "f", "p", "a", "--ref", "p", "--n", "64", "--study", "s", "--quiet",
     ];
-    let o = covf(&co_args, dir.path());
-    assert!(o.status.success(), "{}", text(&o));
+    covf_ok(&co_args, dir.path());
     let out = dir.path().join("analyses/s/out");
     let co = table(&out.join("co.parquet"));
     assert_eq!(strs(&co, "run"), vec!["f", "p", "a"]);
@@ -912,8 +889,7 @@ fn analyze_measures_transfer_gap_curves_steps_and_the_co_verdict_with_a_cache() 
     for extra in [&[][..], &["--force"][..]] {
         let mut a = co_args.to_vec();
         a.extend_from_slice(extra);
-        let o = covf(&a, dir.path());
-        assert!(o.status.success(), "{}", text(&o));
+        covf_ok(&a, dir.path());
         assert_eq!(
             std::fs::read_to_string(out.join("transfer.csv")).unwrap(),
             first,
@@ -922,29 +898,26 @@ fn analyze_measures_transfer_gap_curves_steps_and_the_co_verdict_with_a_cache() 
     }
 
     // Steps: APART's 5 step sizes for each of 2 epochs; curves: PGD-20 computed for every checkpoint.
-    let o = covf(&["analyze", "steps", "--runs", "f", "a", "--study", "s"], dir.path());
-    assert!(o.status.success(), "{}", text(&o));
+    covf_ok(&["analyze", "steps", "--runs", "f", "a", "--study", "s"], dir.path());
     let steps = table(&out.join("steps.parquet"));
     assert_eq!(steps.height(), 10);
     assert!(strs(&steps, "run").iter().all(|r| r == "a"));
-    let o = covf(
+    covf_ok(
         &[
             "analyze", "curves", "--runs", "f", "p", "--n", "64", "--study", "s", "--quiet",
         ],
         dir.path(),
     );
-    assert!(o.status.success(), "{}", text(&o));
     let curves = table(&out.join("curves.parquet"));
     let metrics = strs(&curves, "metric");
     assert_eq!(metrics.iter().filter(|m| *m == "test_acc_pgd20").count(), 4);
     assert_eq!(metrics.iter().filter(|m| *m == "test_acc_pgd10").count(), 4);
-    let o = covf(
+    covf_ok(
         &[
             "analyze", "random", "--ref", "p@1", "--n", "64", "--study", "s", "--quiet",
         ],
         dir.path(),
     );
-    assert!(o.status.success(), "{}", text(&o));
     assert_eq!(table(&out.join("random.parquet")).height(), 2);
 
     // On training images APART's own generator starts from its ω at that epoch, kept beside each
@@ -964,14 +937,13 @@ fn analyze_measures_transfer_gap_curves_steps_and_the_co_verdict_with_a_cache() 
         .path()
         .join("checkpoints/f/epoch-001.train-images.safetensors")
         .exists());
-    let o = covf(
+    covf_ok(
         &[
             "analyze", "transfer", "--runs", "f", "a", "--ref", "p", "--images", "train", "--n", "64", "--study", "t",
             "--quiet",
         ],
         dir.path(),
     );
-    assert!(o.status.success(), "{}", text(&o));
     let tt = table(&dir.path().join("analyses/t/out/transfer.parquet"));
     assert_eq!(tt.height(), 8);
     assert!(strs(&tt, "images").iter().all(|i| i == "train"));
@@ -986,22 +958,22 @@ fn analyze_measures_transfer_gap_curves_steps_and_the_co_verdict_with_a_cache() 
     assert!(train_rnd.iter().all(|&r| r == train_rnd[0]));
     assert!(strs(&tr, "images").iter().all(|i| i == "test"));
     // More training images than the run trains on, or a checkpoint whose ω was not kept: refused.
-    let o = covf(
+    let o = covf_code(
         &[
             "analyze", "transfer", "--runs", "a", "--ref", "p", "--images", "train", "--n", "600", "--study", "t",
         ],
         dir.path(),
+        2,
     );
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("trains on 512"), "{}", text(&o));
     std::fs::remove_file(dir.path().join("checkpoints/a/epoch-001.train-images.safetensors")).unwrap();
-    let o = covf(
+    let o = covf_code(
         &[
             "analyze", "gap", "--runs", "a", "--epochs", "1", "--images", "train", "--n", "64", "--study", "t",
         ],
         dir.path(),
+        2,
     );
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("epoch-001.train-images.safetensors"), "{}", text(&o));
 
     // Bad input: exit 2 and a message naming the fault.
@@ -1015,8 +987,7 @@ fn analyze_measures_transfer_gap_curves_steps_and_the_co_verdict_with_a_cache() 
         (&["analyze", "co", "--runs", "f", "--ref", "p@9"][..], "epoch 9"),
         (&["analyze", "transfer", "--runs", "f"][..], "PGD-10"),
     ] {
-        let o = covf(args, dir.path());
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        let o = covf_code(args, dir.path(), 2);
         assert!(text(&o).contains(needle), "{args:?}: {}", text(&o));
     }
 }
@@ -1066,8 +1037,7 @@ eps-train = ["0.1", "0.15"]
 draw = ["1a", "1b", "2a", "2a-own", "2b", "3", "4", "5"]
 "#;
     std::fs::write(dir.path().join("analyses/tiny.toml"), spec).unwrap();
-    let o = covf(&["study", "analyses/tiny.toml"], dir.path());
-    assert!(o.status.success(), "{}", text(&o));
+    let o = covf_ok(&["study", "analyses/tiny.toml"], dir.path());
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     // The ε = 0.15 FGSM run of the sweep is the study's own fgsm run, reused.
     assert!(err.contains("reusing fgsm-fmnist-preact-tiny-eps0.15-s0"), "{err}");
@@ -1143,41 +1113,36 @@ draw = ["1a", "1b", "2a", "2a-own", "2b", "3", "4", "5"]
 
     // Rerun: every run reused, every analysis read from the cache, the same tables.
     let before = std::fs::read_to_string(out.join("gap-pgd10.csv")).unwrap();
-    let o = covf(&["study", "analyses/tiny.toml"], dir.path());
-    assert!(o.status.success(), "{}", text(&o));
+    let o = covf_ok(&["study", "analyses/tiny.toml"], dir.path());
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert_eq!(err.matches(" reused").count(), 3, "{err}");
     assert_eq!(std::fs::read_to_string(out.join("gap-pgd10.csv")).unwrap(), before);
 
     // Figures alone, one at a time, and faults named with exit code 2.
-    let o = covf(
+    covf_ok(
         &["figures", "--study", "analyses/tiny", "--fig", "2b", "--out", "f2"],
         dir.path(),
     );
-    assert!(o.status.success(), "{}", text(&o));
     assert!(dir.path().join("f2/fig2b.png").is_file() && !dir.path().join("f2/fig2a.png").exists());
     for (args, needle) in [
         (&["figures", "--study", "analyses/tiny", "--fig", "9"][..], "'9'"),
         (&["figures", "--study", "analyses/none"][..], "analyses/none/out"),
         (&["study", "analyses/missing.toml"][..], "missing.toml"),
     ] {
-        let o = covf(args, dir.path());
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        let o = covf_code(args, dir.path(), 2);
         assert!(text(&o).contains(needle), "{args:?}: {}", text(&o));
     }
     // A run of the same name trained with other settings is refused, never overwritten.
     let other = spec.replace("method = \"fgsm\"\n", "method = \"fgsm\"\nlr-max = 0.1\n");
     std::fs::write(dir.path().join("analyses/other.toml"), other).unwrap();
-    let o = covf(&["study", "analyses/other.toml"], dir.path());
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = covf_code(&["study", "analyses/other.toml"], dir.path(), 2);
     assert!(text(&o).contains("with other settings"), "{}", text(&o));
     std::fs::write(
         dir.path().join("analyses/bad.toml"),
         spec.replace("steps = 10", "stepz = 10"),
     )
     .unwrap();
-    let o = covf(&["study", "analyses/bad.toml"], dir.path());
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = covf_code(&["study", "analyses/bad.toml"], dir.path(), 2);
     assert!(
         text(&o).contains("runs.pgd10") && text(&o).contains("stepz"),
         "{}",
@@ -1201,13 +1166,11 @@ fn a_lone_checkpoint_and_a_plain_state_dict_evaluate_like_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let mut args = vec!["train", "--method", "fgsm", "--name", "r", "--eps", "0.1"];
     args.extend_from_slice(SMALL);
-    let o = covf(&args, dir.path());
-    assert!(o.status.success(), "{}", text(&o));
+    covf_ok(&args, dir.path());
     let ck = dir.path().join("checkpoints/r/epoch-002.safetensors");
     // (clean, PGD-10) accuracy as the evaluation stored it in `results` (a directory under the test's).
     let accs_of = |args: &[&str], results: &str| -> (f64, f64) {
-        let o = covf(args, dir.path());
-        assert!(o.status.success(), "{args:?}: {}", text(&o));
+        covf_ok(args, dir.path());
         let rows = covf::eval::results::read_rows(&dir.path().join(results)).unwrap();
         let acc = |a: &str| {
             rows.iter()
@@ -1258,8 +1221,7 @@ fn a_lone_checkpoint_and_a_plain_state_dict_evaluate_like_the_run() {
     // PyTorch user would miss) another function.
     let logits = |args: &[&str]| -> Vec<f32> {
         let a = [args, &["--n", "8", "--out", "p.safetensors"][..]].concat();
-        let o = covf(&a, dir.path());
-        assert!(o.status.success(), "{a:?}: {}", text(&o));
+        covf_ok(&a, dir.path());
         let bytes = std::fs::read(dir.path().join("p.safetensors")).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         assert_eq!(st.tensor("x").unwrap().shape(), &[8, 1, 28, 28]);
@@ -1302,8 +1264,7 @@ fn a_lone_checkpoint_and_a_plain_state_dict_evaluate_like_the_run() {
         &named[..6],
     ]
     .concat();
-    let o = covf(&a, dir.path());
-    assert!(o.status.success(), "{}", text(&o));
+    covf_ok(&a, dir.path());
     let tr = table(&dir.path().join("analyses/x/out/transfer.parquet"));
     assert_eq!(
         strs(&tr, "run").iter().filter(|r| *r == "model").count(),
@@ -1343,11 +1304,10 @@ fn a_lone_checkpoint_and_a_plain_state_dict_evaluate_like_the_run() {
             extra,
         ]
         .concat();
-        let o = covf(&a, dir.path());
-        assert_eq!(o.status.code(), Some(2), "{a:?}: {}", text(&o));
+        let o = covf_code(&a, dir.path(), 2);
         assert!(text(&o).contains(needle), "{a:?} should name {needle}: {}", text(&o));
     }
-    let o = covf(
+    let o = covf_code(
         &[
             "eval",
             "shared/model.safetensors",
@@ -1357,7 +1317,7 @@ fn a_lone_checkpoint_and_a_plain_state_dict_evaluate_like_the_run() {
             "preact18",
         ],
         dir.path(),
+        2,
     );
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("contradicts"), "{}", text(&o));
 }

@@ -7,7 +7,6 @@
 //! docs/reliability.md gives the command for a full run.
 
 use std::collections::BTreeMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -15,6 +14,7 @@ use candle_core::{Device, Tensor};
 use covf::data::{cifar, idx, DatasetKind};
 use covf::models::{self, Arch, ArchSpec};
 use covf::run::checkpoint::{self, Checkpoint, FORMAT};
+use covf::testing::catch_quietly;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
@@ -112,10 +112,22 @@ fn inputs(seeds: Vec<Vec<u8>>, near: usize) -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// How far a parser got with one input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Reach {
+    /// Refused at the first check (magic number, header length, record size).
+    Surface,
+    /// Past the header into the checks of dimensions, lengths, labels or tensors, then refused.
+    Deep,
+    Accepted,
+}
+
 /// Runs `check` on `cases()` inputs; a panic is a failure (proptest then shrinks it to a minimal input).
-/// `check` says whether the parser accepted the input; the count shows how deep the inputs reach.
-fn fuzz(name: &str, strategy: impl Strategy<Value = Vec<u8>>, check: impl Fn(&[u8]) -> bool) {
+/// A harness whose inputs never get past the first check tests nothing: at least `min_deep` of the inputs
+/// must reach the deep checks (accepted ones included), or the mutations need rethinking.
+fn fuzz(name: &str, strategy: impl Strategy<Value = Vec<u8>>, min_deep: f64, check: impl Fn(&[u8]) -> Reach) {
     let n = cases();
+    let deep = AtomicUsize::new(0);
     let accepted = AtomicUsize::new(0);
     let mut runner = TestRunner::new(Config {
         cases: n,
@@ -123,9 +135,12 @@ fn fuzz(name: &str, strategy: impl Strategy<Value = Vec<u8>>, check: impl Fn(&[u
         ..Config::default()
     });
     let result = runner.run(&strategy, |bytes| {
-        let ok = catch_unwind(AssertUnwindSafe(|| check(&bytes)))
+        let reach = catch_quietly(|| check(&bytes))
             .map_err(|_| TestCaseError::fail(format!("{name}: panic on {} bytes", bytes.len())))?;
-        if ok {
+        if reach != Reach::Surface {
+            deep.fetch_add(1, Ordering::Relaxed);
+        }
+        if reach == Reach::Accepted {
             accepted.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
@@ -133,39 +148,38 @@ fn fuzz(name: &str, strategy: impl Strategy<Value = Vec<u8>>, check: impl Fn(&[u
     if let Err(e) = result {
         panic!("{name}: {e}");
     }
-    eprintln!(
-        "fuzz {name}: {n} inputs, {} accepted, the rest refused with an error; no panic",
-        accepted.load(Ordering::Relaxed)
+    let (deep, accepted) = (deep.load(Ordering::Relaxed), accepted.load(Ordering::Relaxed));
+    eprintln!("fuzz {name}: {n} inputs, {deep} reached the deep checks, {accepted} accepted; no panic");
+    assert!(
+        deep as f64 >= min_deep * f64::from(n),
+        "{name}: only {deep} of {n} inputs got past the first check (expected ≥ {:.0}%)",
+        100.0 * min_deep
     );
-}
-
-fn quiet_panics() {
-    // Every caught panic would otherwise print a backtrace line; failures are reported by proptest.
-    std::panic::set_hook(Box::new(|_| {}));
 }
 
 #[test]
 fn idx_parser_never_panics() {
-    quiet_panics();
     let images = idx::encode_idx(&[3, 4, 4], &(0..48).map(|i| i as u8).collect::<Vec<_>>());
     let labels = idx::encode_idx(&[3], &[1, 2, 9]);
     let rank4 = idx::encode_idx(&[1, 2, 2, 2], &[7; 8]);
     fuzz(
         "idx",
         inputs(vec![images, labels, rank4], 24),
+        0.5,
         |b| match idx::parse_idx(b, Path::new("fuzz.idx")) {
             Ok(a) => {
                 assert_eq!(a.dims.iter().product::<usize>(), a.data.len());
-                true
+                Reach::Accepted
             }
-            Err(_) => false,
+            // Past the magic number and rank: the dimensions and the data length were checked.
+            Err(_) if b.len() >= 4 && b[..3] == [0, 0, 8] && (1..=4).contains(&b[3]) => Reach::Deep,
+            Err(_) => Reach::Surface,
         },
     );
 }
 
 #[test]
 fn cifar_parser_never_panics() {
-    quiet_panics();
     let rec = |label: &[u8]| {
         let mut r = label.to_vec();
         r.extend((0..cifar::CIFAR_PIXELS).map(|i| (i % 251) as u8));
@@ -173,7 +187,7 @@ fn cifar_parser_never_panics() {
     };
     let c10 = [rec(&[3]), rec(&[9])].concat();
     let c100 = [rec(&[1, 42]), rec(&[19, 99])].concat();
-    fuzz("cifar", inputs(vec![c10, c100], 8), |b| {
+    fuzz("cifar", inputs(vec![c10, c100], 8), 0.3, |b| {
         let mut any = false;
         for (label_bytes, classes) in [(1, 10), (2, 100)] {
             if let Ok((images, labels)) = cifar::parse_cifar(b, label_bytes, classes, Path::new("fuzz.bin")) {
@@ -182,13 +196,20 @@ fn cifar_parser_never_panics() {
                 any = true;
             }
         }
-        any
+        // A whole number of records of either kind reaches the label checks.
+        let records = [1, 2]
+            .iter()
+            .any(|l| !b.is_empty() && b.len() % (l + cifar::CIFAR_PIXELS) == 0);
+        match (any, records) {
+            (true, _) => Reach::Accepted,
+            (false, true) => Reach::Deep,
+            (false, false) => Reach::Surface,
+        }
     });
 }
 
 #[test]
 fn checkpoint_loader_never_panics() {
-    quiet_panics();
     let dev = Device::Cpu;
     let arch = ArchSpec::new(Arch::PreActTiny, DatasetKind::FashionMnist);
     let (_, store) = models::build(&arch, &dev, 0).unwrap();
@@ -204,18 +225,25 @@ fn checkpoint_loader_never_panics() {
     small.insert("c".to_string(), Tensor::new(&[0.5f64], &dev).unwrap());
     let small = checkpoint::encode(&small, &meta).unwrap();
     let origin = Path::new("fuzz.safetensors");
-    fuzz("checkpoint", inputs(vec![real, small], 600), |b| {
+    fuzz("checkpoint", inputs(vec![real, small], 600), 0.3, |b| {
+        // A header that parses takes the input on to the tensors' offsets, shapes and dtypes.
+        let mut header_ok = false;
         if b.len() >= 8 {
             let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
             if let Some(h) = b.get(8..8usize.saturating_add(n)) {
-                let _ = checkpoint::header_metadata(h, origin);
+                header_ok = checkpoint::header_metadata(h, origin).is_ok();
             }
         }
+        let refused = if header_ok { Reach::Deep } else { Reach::Surface };
         let Ok((tensors, meta)) = checkpoint::decode(b, origin, &dev) else {
-            return false;
+            return refused;
         };
         // One model for every case: a load that fails half-way leaves other values, never other shapes.
         let loaded = store.load(&tensors, origin).is_ok();
-        Checkpoint::from_parts(tensors, meta, origin).is_ok() && loaded
+        if Checkpoint::from_parts(tensors, meta, origin).is_ok() && loaded {
+            Reach::Accepted
+        } else {
+            Reach::Deep
+        }
     });
 }

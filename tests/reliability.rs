@@ -12,7 +12,7 @@ use candle_core::Device;
 use covf::run::checkpoint::RunDir;
 
 mod common;
-use common::{covf, require_fmnist, text};
+use common::{covf_code, covf_ok, require_fmnist, text};
 
 /// Small training runs: 256 images, a short test evaluation (4 epochs unless the caller says otherwise).
 const TINY: &[&str] = &[
@@ -74,8 +74,7 @@ fn train(dir: &Path, name: &str, method: &[&str], extra: &[&str]) {
     if !extra.contains(&"--epochs") {
         a.extend_from_slice(&["--epochs", "4"]);
     }
-    let o = covf(&a, dir);
-    assert!(o.status.success(), "{a:?}: {}", text(&o));
+    covf_ok(&a, dir);
 }
 
 /// A tiny deterministic generator for kill schedules (the test must be reproducible).
@@ -375,8 +374,7 @@ fn eval_and_analyze_survive_sigkill_and_finish_with_the_uninterrupted_results() 
     };
     let run_args = |a: &[String]| {
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        let o = covf(&a, d);
-        assert!(o.status.success(), "{a:?}: {}", text(&o));
+        covf_ok(&a, d);
     };
     run_args(&eval("x"));
     run_args(&analyze("x", "sx"));
@@ -435,8 +433,7 @@ fn hostile_inputs_exit_2_with_the_fault_named_and_leave_no_partial_output() {
     let d = dir.path();
     let mut tried = 0;
     let refuse = |args: &[&str], needle: &str| {
-        let o = covf(args, d);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        let o = covf_code(args, d, 2);
         assert!(
             text(&o).contains(needle),
             "{args:?} should mention {needle:?}: {}",
