@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{build_method, MethodEnv, StepCtx, StepStats, TrainMethod};
 use crate::attacks::{correct, Attack, AttackCtx, Fgsm, Pgd};
-use crate::data::{self, Batch};
+use crate::data::{self, Batch, Dataset};
 use crate::error::{CovfError, Result};
 use crate::eval::evaluate;
 use crate::models::{self, ArchSpec, Classifier, Mode, PreActResNet};
@@ -237,113 +237,168 @@ pub fn fit_or_reuse(spec: &TrainSpec, root: &Path, dev: &Device, quiet: bool) ->
 
 /// Trains `spec` into `root/<spec.name>`, checkpointing every epoch (or only the last), and returns the metrics.
 pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Result<FitSummary> {
-    spec.validate()?;
-    spec.precision.check_device(dev)?;
-    let run = RunDir::new(root, &spec.name)?;
-    if run.exists() && !opts.resume {
-        if !opts.force {
-            return Err(CovfError::run(
-                &spec.name,
-                format!(
-                    "already exists in {}: pass --resume to continue it or --force to start over",
-                    run.path.display()
-                ),
-            ));
-        }
-        std::fs::remove_dir_all(&run.path).map_err(|e| CovfError::io(&run.path, e))?;
+    let mut t = Trainer::open(spec, root, dev, opts)?;
+    for epoch in t.start..spec.epochs {
+        let trained = t.train_epoch(epoch)?;
+        let rec = t.evaluate(epoch, &trained)?;
+        t.commit(epoch, rec)?;
     }
-    let (train, test) = load_data(spec)?;
-    let arch = ArchSpec::new(spec.arch, spec.dataset);
-    let (model, store) = models::build(&arch, dev, spec.seed)?;
-    let model = model.with_compute_dtype(spec.precision.dtype());
-    let mut opt = Sgd::new(store.trainable(), spec.momentum, spec.weight_decay);
-    if let (Some(base), LrSchedule::Cyclic { max, .. }) = (spec.cycle_momentum, &spec.schedule) {
-        opt = opt.with_momentum_cycle(base, *max);
-    }
-    if spec.precision.needs_loss_scaling() {
-        opt = opt.with_loss_scaling(LossScaler::default());
-    }
-    let mut method = build_method(
-        &spec.method,
-        &MethodEnv {
-            eps: spec.eps.value,
-            n_train: train.len(),
-            shape: spec.dataset.shape(),
-            pad: spec.augment.pad,
-            seed: spec.seed,
-            epochs: spec.epochs,
-        },
-    )?;
+    t.finish()
+}
 
-    // The analyses' training images whose per-example state each epoch keeps.
-    let kept_positions = train_image_positions(&train, TRAIN_IMAGES_KEPT);
+/// One run being trained: what `open` set up or restored, and what the epochs so far recorded.
+struct Trainer<'a> {
+    spec: &'a TrainSpec,
+    dev: &'a Device,
+    quiet: bool,
+    run: RunDir,
+    train: Dataset,
+    test: Dataset,
+    model: PreActResNet,
+    store: models::ParamStore,
+    opt: Sgd,
+    method: Box<dyn TrainMethod>,
+    /// The analyses' training images whose per-example state each epoch keeps.
+    kept_positions: Vec<usize>,
+    records: Vec<EpochRecord>,
+    step_rows: Vec<metrics::StepSizeRow>,
+    /// Epochs already done when this process started (0 for a fresh run).
+    start: usize,
+}
 
-    let resumed = if opts.resume && run.exists() {
-        restore(&run, &store, &mut opt, method.as_mut(), dev)?
-    } else {
-        None
-    };
-    remove_stale_temporaries(&run)?;
-    let mut step_rows = metrics::read_step_sizes(&run.path)?;
-    let (start, mut records) = match resumed {
-        Some(r) => {
-            if let Some(rows) = r.step_rows {
-                step_rows = rows;
+/// What one pass over the training data leaves for the evaluation and the epoch's record.
+struct Trained {
+    totals: StepStats,
+    /// The epoch's first training batch, the CO probe's input.
+    first: Option<Batch>,
+    /// The rate of the epoch's last step.
+    lr: f64,
+    seconds: f64,
+}
+
+impl<'a> Trainer<'a> {
+    /// Set-up and resume: the run directory (refused if it exists without --resume or --force), the data,
+    /// a fresh model and optimizer and the method, then the last complete epoch's state when resuming.
+    fn open(spec: &'a TrainSpec, root: &Path, dev: &'a Device, opts: &FitOptions) -> Result<Trainer<'a>> {
+        spec.validate()?;
+        spec.precision.check_device(dev)?;
+        let run = RunDir::new(root, &spec.name)?;
+        if run.exists() && !opts.resume {
+            if !opts.force {
+                return Err(CovfError::run(
+                    &spec.name,
+                    format!(
+                        "already exists in {}: pass --resume to continue it or --force to start over",
+                        run.path.display()
+                    ),
+                ));
             }
-            (r.epoch, r.records)
+            std::fs::remove_dir_all(&run.path).map_err(|e| CovfError::io(&run.path, e))?;
         }
-        None => {
-            run.write_spec(spec)?;
-            step_rows.clear();
-            (0, Vec::new())
+        let (train, test) = load_data(spec)?;
+        let arch = ArchSpec::new(spec.arch, spec.dataset);
+        let (model, store) = models::build(&arch, dev, spec.seed)?;
+        let model = model.with_compute_dtype(spec.precision.dtype());
+        let mut opt = Sgd::new(store.trainable(), spec.momentum, spec.weight_decay);
+        if let (Some(base), LrSchedule::Cyclic { max, .. }) = (spec.cycle_momentum, &spec.schedule) {
+            opt = opt.with_momentum_cycle(base, *max);
         }
-    };
-    let resumed_from = (start > 0).then_some(start);
-    if !opts.quiet {
-        match resumed_from {
-            Some(e) => eprintln!("resuming {} after epoch {e}/{}", spec.name, spec.epochs),
-            None => eprintln!(
-                "training {} on {} ({} train, {} test images), {} ({} parameters), ε = {}",
-                spec.name,
-                spec.dataset.name(),
-                train.len(),
-                test.len(),
-                spec.arch.name(),
-                store.num_trainable(),
-                spec.eps.text
-            ),
+        if spec.precision.needs_loss_scaling() {
+            opt = opt.with_loss_scaling(LossScaler::default());
         }
+        let mut method = build_method(
+            &spec.method,
+            &MethodEnv {
+                eps: spec.eps.value,
+                n_train: train.len(),
+                shape: spec.dataset.shape(),
+                pad: spec.augment.pad,
+                seed: spec.seed,
+                epochs: spec.epochs,
+            },
+        )?;
+        let kept_positions = train_image_positions(&train, TRAIN_IMAGES_KEPT);
+
+        let resumed = if opts.resume && run.exists() {
+            restore(&run, &store, &mut opt, method.as_mut(), dev)?
+        } else {
+            None
+        };
+        remove_stale_temporaries(&run)?;
+        let mut step_rows = metrics::read_step_sizes(&run.path)?;
+        let (start, records) = match resumed {
+            Some(r) => {
+                if let Some(rows) = r.step_rows {
+                    step_rows = rows;
+                }
+                (r.epoch, r.records)
+            }
+            None => {
+                run.write_spec(spec)?;
+                step_rows.clear();
+                (0, Vec::new())
+            }
+        };
+        if !opts.quiet {
+            match start {
+                0 => eprintln!(
+                    "training {} on {} ({} train, {} test images), {} ({} parameters), ε = {}",
+                    spec.name,
+                    spec.dataset.name(),
+                    train.len(),
+                    test.len(),
+                    spec.arch.name(),
+                    store.num_trainable(),
+                    spec.eps.text
+                ),
+                e => eprintln!("resuming {} after epoch {e}/{}", spec.name, spec.epochs),
+            }
+        }
+        Ok(Trainer {
+            spec,
+            dev,
+            quiet: opts.quiet,
+            run,
+            train,
+            test,
+            model,
+            store,
+            opt,
+            method,
+            kept_positions,
+            records,
+            step_rows,
+            start,
+        })
     }
 
-    let fgsm = Fgsm::new(spec.eps.value);
-    let mut pgd = Pgd::new(spec.eps.value, spec.eval.pgd_steps);
-    pgd.alpha = spec.eval.pgd_alpha;
-    let aug = spec.augment;
-
-    for epoch in start..spec.epochs {
+    /// One pass over the training data (0-based `epoch`): every random draw comes from streams derived
+    /// from (seed, epoch), so a resumed epoch repeats an uninterrupted one.
+    fn train_epoch(&mut self, epoch: usize) -> Result<Trained> {
+        let spec = self.spec;
         let e1 = epoch + 1;
         let t0 = Instant::now();
-        method.begin_epoch(epoch)?;
-        let batches = data::epoch_batches(train.len(), spec.batch_size, spec.seed, epoch, true);
+        self.method.begin_epoch(epoch)?;
+        let batches = data::epoch_batches(self.train.len(), spec.batch_size, spec.seed, epoch, true);
         let nb = batches.len();
         let mut aug_rng = Rng::derive(spec.seed, "augment", epoch as u64);
         let mut step_rng = Rng::derive(spec.seed, "step", epoch as u64);
-        let pb = progress(opts.quiet, nb, e1, spec.epochs);
+        let pb = progress(self.quiet, nb, e1, spec.epochs);
         let mut totals = StepStats::default();
         let mut first: Option<Batch> = None;
         let mut lr = 0.0;
         for (i, pos) in batches.iter().enumerate() {
-            let batch = train.batch(pos, Some((&aug, &mut aug_rng)), dev)?;
+            let batch = self.train.batch(pos, Some((&spec.augment, &mut aug_rng)), self.dev)?;
             let t = (
                 epoch as f64 + i as f64 / nb as f64,
                 epoch as f64 + (i + 1) as f64 / nb as f64,
             );
             lr = spec.schedule.lr_at(t.1);
-            let s = method.step(
-                &model,
+            let s = self.method.step(
+                &self.model,
                 &batch,
                 &mut StepCtx {
-                    opt: &mut opt,
+                    opt: &mut self.opt,
                     lr,
                     rng: &mut step_rng,
                     attack_mode: spec.attack_bn.mode(),
@@ -354,9 +409,15 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
             if !s.loss_adv_sum.is_finite() {
                 pb.abandon();
                 let kept = if epoch == 0 {
-                    format!("no epoch had completed; {} holds only run.json", run.path.display())
+                    format!(
+                        "no epoch had completed; {} holds only run.json",
+                        self.run.path.display()
+                    )
                 } else {
-                    format!("the last good checkpoint is epoch {epoch} in {}", run.path.display())
+                    format!(
+                        "the last good checkpoint is epoch {epoch} in {}",
+                        self.run.path.display()
+                    )
                 };
                 return Err(CovfError::Diverged(format!(
                     "non-finite training loss at epoch {e1}, batch {}/{nb} (lr {lr:.4}); nothing of this epoch was \
@@ -377,39 +438,53 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
             ));
         }
         pb.finish_and_clear();
-        let epoch_seconds = t0.elapsed().as_secs_f64();
-
-        if !opts.quiet && opt.skipped_steps() > 0 {
+        if !self.quiet && self.opt.skipped_steps() > 0 {
             eprintln!(
                 "{}: {} steps skipped so far for f16 gradient overflow (loss scale now {})",
                 spec.name,
-                opt.skipped_steps(),
-                opt.loss_scale()
+                self.opt.skipped_steps(),
+                self.opt.loss_scale()
             );
         }
+        Ok(Trained {
+            totals,
+            first,
+            lr,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// The epoch's test accuracies (clean, FGSM, PGD-N), the CO probe, and its metrics row.
+    fn evaluate(&self, epoch: usize, trained: &Trained) -> Result<EpochRecord> {
+        let spec = self.spec;
         let t1 = Instant::now();
         // Evaluated in f32 whatever the training precision, so that per-epoch accuracies compare across
         // runs and match `covf eval` of the saved (f32) checkpoint.
-        let frozen = model.detached().with_compute_dtype(DType::F32);
+        let frozen = self.model.detached().with_compute_dtype(DType::F32);
+        let fgsm = Fgsm::new(spec.eps.value);
+        let mut pgd = Pgd::new(spec.eps.value, spec.eval.pgd_steps);
+        pgd.alpha = spec.eval.pgd_alpha;
         let mut eval_rng = Rng::derive(spec.seed, "eval", epoch as u64);
         let bs = spec.batch_size.max(256);
-        let clean = evaluate(&frozen, &test, None, bs, &mut eval_rng, dev)?;
-        let fg = evaluate(&frozen, &test, Some(&fgsm as &dyn Attack), bs, &mut eval_rng, dev)?;
-        let pg = evaluate(&frozen, &test, Some(&pgd as &dyn Attack), bs, &mut eval_rng, dev)?;
-        let probe = match &first {
+        let (test, dev) = (&self.test, self.dev);
+        let clean = evaluate(&frozen, test, None, bs, &mut eval_rng, dev)?;
+        let fg = evaluate(&frozen, test, Some(&fgsm as &dyn Attack), bs, &mut eval_rng, dev)?;
+        let pg = evaluate(&frozen, test, Some(&pgd as &dyn Attack), bs, &mut eval_rng, dev)?;
+        let probe = match &trained.first {
             Some(b) => co_probe(&frozen, b, spec, epoch)?,
             None => 0.0,
         };
-        let co_flag = records
+        let co_flag = self
+            .records
             .last()
-            .is_some_and(|p: &EpochRecord| probe - p.co_probe_acc < -f64::from(spec.eval.probe_drop));
-        let eval_seconds = t1.elapsed().as_secs_f64();
+            .is_some_and(|p| probe - p.co_probe_acc < -f64::from(spec.eval.probe_drop));
+        let totals = &trained.totals;
         let n = totals.n.max(1) as f64;
-        let rec = EpochRecord {
+        Ok(EpochRecord {
             run: spec.name.clone(),
             method: spec.method.label(),
-            epoch: e1,
-            lr,
+            epoch: epoch + 1,
+            lr: trained.lr,
             train_loss_adv: totals.loss_adv_sum / n,
             train_acc_adv: totals.correct_adv as f64 / n,
             // NaN when the method never looked at clean inputs (see StepStats::n_clean).
@@ -423,30 +498,40 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
             test_n: test.len(),
             co_probe_acc: probe,
             co_flag,
-            epoch_seconds,
-            eval_seconds,
-        };
-        records.push(rec.clone());
+            epoch_seconds: trained.seconds,
+            eval_seconds: t1.elapsed().as_secs_f64(),
+        })
+    }
 
+    /// Writes the epoch: its checkpoint (and the kept per-example state), then the resume state that
+    /// points at it — the commit point — then the tables derived from it.
+    fn commit(&mut self, epoch: usize, rec: EpochRecord) -> Result<()> {
+        let (spec, run) = (self.spec, &self.run);
+        let e1 = epoch + 1;
+        self.records.push(rec);
         // Order matters for crash safety: the epoch checkpoint, then the resume state that points at it.
-        let steps = method.step_sizes();
-        let mut meta = checkpoint::epoch_metadata(spec, e1, method.alpha());
+        let steps = self.method.step_sizes();
+        let mut meta = checkpoint::epoch_metadata(spec, e1, self.method.alpha());
         if !steps.is_empty() {
             meta.insert("step_sizes".into(), serde_json::to_string(&steps)?);
         }
-        let mut kept = method.example_state(&kept_positions)?;
+        let mut kept = self.method.example_state(&self.kept_positions)?;
         if !kept.is_empty() {
-            let ids: Vec<i64> = kept_positions.iter().map(|&p| train.index[p] as i64).collect();
+            let ids: Vec<i64> = self
+                .kept_positions
+                .iter()
+                .map(|&p| self.train.index[p] as i64)
+                .collect();
             kept.insert(IMAGE_IDS.into(), Tensor::new(ids.as_slice(), &Device::Cpu)?);
             checkpoint::save_tensors(&run.train_images_path(e1), &kept, &meta)?;
         }
-        checkpoint::save_tensors(&run.epoch_path(e1), &store.snapshot(), &meta)?;
-        let mut state = opt.state().clone();
-        for (k, v) in method.state()? {
+        checkpoint::save_tensors(&run.epoch_path(e1), &self.store.snapshot(), &meta)?;
+        let mut state = self.opt.state().clone();
+        for (k, v) in self.method.state()? {
             state.insert(format!("{METHOD_PREFIX}{k}"), v);
         }
-        step_rows.retain(|r: &metrics::StepSizeRow| r.epoch < e1);
-        step_rows.extend(steps.iter().map(|s| metrics::StepSizeRow {
+        self.step_rows.retain(|r| r.epoch < e1);
+        self.step_rows.extend(steps.iter().map(|s| metrics::StepSizeRow {
             run: spec.name.clone(),
             method: spec.method.label(),
             epoch: e1,
@@ -455,9 +540,14 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
         }));
         // The resume state is the commit point: once it names epoch e1, the run holds e1 epochs. What
         // follows is derived from it and rewritten by `write_derived` if a kill lands in between.
-        checkpoint::save_tensors(&run.state_path(), &state, &state_meta(e1, &records, &step_rows)?)?;
-        write_derived(spec, &run, &records, &step_rows, e1)?;
-        if !opts.quiet {
+        checkpoint::save_tensors(
+            &run.state_path(),
+            &state,
+            &state_meta(e1, &self.records, &self.step_rows)?,
+        )?;
+        write_derived(spec, run, &self.records, &self.step_rows, e1)?;
+        if !self.quiet {
+            let rec = &self.records[self.records.len() - 1];
             eprintln!(
                 "epoch {e1:>3}/{}  loss {:.4}  train adv {:.3} clean {:.3} | test clean {:.3} fgsm {:.3} pgd{} {:.3} | probe {:.3}{} | lr {:.4} | {:.1}s + eval {:.1}s",
                 spec.epochs,
@@ -469,20 +559,24 @@ pub fn fit(spec: &TrainSpec, root: &Path, dev: &Device, opts: &FitOptions) -> Re
                 spec.eval.pgd_steps,
                 rec.test_acc_pgd,
                 rec.co_probe_acc,
-                if co_flag { " CO!" } else { "" },
-                lr,
-                epoch_seconds,
-                eval_seconds
+                if rec.co_flag { " CO!" } else { "" },
+                rec.lr,
+                rec.epoch_seconds,
+                rec.eval_seconds
             );
         }
+        Ok(())
     }
-    if start == spec.epochs {
-        // Resumed with no epoch left: a kill may have landed after the last resume state was written.
-        write_derived(spec, &run, &records, &step_rows, start)?;
+
+    fn finish(self) -> Result<FitSummary> {
+        if self.start == self.spec.epochs {
+            // Resumed with no epoch left: a kill may have landed after the last resume state was written.
+            write_derived(self.spec, &self.run, &self.records, &self.step_rows, self.start)?;
+        }
+        Ok(FitSummary {
+            run: self.run,
+            records: self.records,
+            resumed_from: (self.start > 0).then_some(self.start),
+        })
     }
-    Ok(FitSummary {
-        run,
-        records,
-        resumed_from,
-    })
 }
