@@ -89,9 +89,35 @@ pub fn encode(tensors: &BTreeMap<String, Tensor>, meta: &BTreeMap<String, String
             .map_err(|e| CovfError::checkpoint(name, format!("cannot encode: {e}")))?;
         views.push((name.clone(), v));
     }
-    let meta: HashMap<String, String> = meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    safetensors::tensor::serialize(views, Some(meta))
-        .map_err(|e| CovfError::checkpoint("(memory)", format!("cannot serialise: {e}")))
+    let hashed: HashMap<String, String> = meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut bytes = safetensors::tensor::serialize(views, Some(hashed))
+        .map_err(|e| CovfError::checkpoint("(memory)", format!("cannot serialise: {e}")))?;
+    sort_metadata(&mut bytes, meta)?;
+    Ok(bytes)
+}
+
+/// safetensors writes the metadata from a `HashMap`, in an order that changes from process to process, so
+/// the same run gave checkpoint files with other bytes (and other content hashes for the analyses' cache).
+/// The metadata object is rewritten in place with its keys sorted: the same entries, the same length.
+fn sort_metadata(bytes: &mut [u8], meta: &BTreeMap<String, String>) -> Result<()> {
+    const KEY: &[u8] = b"\"__metadata__\":";
+    if meta.len() < 2 {
+        return Ok(());
+    }
+    let sorted = serde_json::to_string(meta)?;
+    let n = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
+        .unwrap_or(0);
+    let header = bytes.get_mut(8..8 + n).unwrap_or_default();
+    let at = header
+        .windows(KEY.len())
+        .position(|w| w == KEY)
+        .map(|p| p + KEY.len())
+        .filter(|&p| p + sorted.len() <= header.len() && header[p] == b'{')
+        .ok_or_else(|| CovfError::checkpoint("(memory)", "serialised header without its metadata"))?;
+    header[at..at + sorted.len()].copy_from_slice(sorted.as_bytes());
+    Ok(())
 }
 
 /// Parses safetensors bytes into tensors on `dev` and the metadata; any fault names `origin`.
@@ -355,6 +381,26 @@ impl Checkpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_same_tensors_and_metadata_give_the_same_bytes() {
+        // Each HashMap gets its own hash keys, so before the metadata was sorted, encoding twice in one
+        // process gave other key orders.
+        let dev = Device::Cpu;
+        let mut tensors = BTreeMap::new();
+        tensors.insert("w".to_string(), Tensor::new(&[1f32, 2.0], &dev).unwrap());
+        let meta: BTreeMap<String, String> = (0..12).map(|i| (format!("key{i:02}"), format!("v{i}"))).collect();
+        let first = encode(&tensors, &meta).unwrap();
+        for _ in 0..4 {
+            assert_eq!(encode(&tensors, &meta).unwrap(), first);
+        }
+        let text = String::from_utf8_lossy(&first);
+        let at: Vec<usize> = meta.keys().map(|k| text.find(&format!("\"{k}\"")).unwrap()).collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+        let (back, read) = decode(&first, Path::new("t.safetensors"), &dev).unwrap();
+        assert_eq!(read, meta);
+        assert_eq!(back["w"].to_vec1::<f32>().unwrap(), [1.0, 2.0]);
+    }
     use crate::data::DatasetKind;
     use crate::models::{build, Arch, ArchSpec, Classifier, Mode};
     use crate::rng::Rng;
