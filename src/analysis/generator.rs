@@ -28,9 +28,8 @@ use crate::attacks::{input_grad, project, sign_step, uniform_start, Attack, Atta
 use crate::error::{CovfError, Result};
 use crate::models::Classifier;
 use crate::run::checkpoint::{self, Checkpoint};
-use crate::train::apart::OMEGA;
-
 use crate::run::{MethodSpec, TrainSpec};
+use crate::train::apart::OMEGA;
 use crate::train::sfgsm::cut_at_first_misclassified;
 
 #[derive(Debug, Clone)]

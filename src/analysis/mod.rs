@@ -27,7 +27,6 @@ use crate::models::{Classifier, Mode, PreActResNet};
 use crate::rng::Rng;
 use crate::run::checkpoint::RunDir;
 use crate::run::model_file::ModelFile;
-
 use crate::run::TrainSpec;
 
 const CACHE_VERSION: &str = "analysis-v2";

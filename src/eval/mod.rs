@@ -25,7 +25,6 @@ use crate::rng::Rng;
 use crate::run::checkpoint::{atomic_write, RunDir};
 use crate::run::model_file::ModelFile;
 use crate::run::sets::test_set;
-
 use crate::run::{Eps, TrainSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
