@@ -509,7 +509,6 @@ impl<'a> Trainer<'a> {
         let (spec, run) = (self.spec, &self.run);
         let e1 = epoch + 1;
         self.records.push(rec);
-        // Order matters for crash safety: the epoch checkpoint, then the resume state that points at it.
         let steps = self.method.step_sizes();
         let mut meta = checkpoint::epoch_metadata(spec, e1, self.method.alpha());
         if !steps.is_empty() {
