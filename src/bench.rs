@@ -15,8 +15,8 @@ use crate::models::{self, ArchSpec};
 use crate::optim::LrSchedule;
 use crate::optim::{LossScaler, Precision, Sgd};
 use crate::rng::Rng;
-use crate::run::{AttackBn, MethodSpec};
-use crate::train::{build_method, MethodEnv, StepCtx};
+use crate::run::MethodSpec;
+use crate::train::{MethodEnv, StepCtx};
 
 /// What to time: one model, one input shape, one batch size, several methods.
 #[derive(Debug, Clone)]
@@ -112,7 +112,7 @@ pub fn run(spec: &BenchSpec, dev: &Device, mut progress: impl FnMut(&BenchRow)) 
             seed: spec.seed,
             epochs: 1,
         };
-        let mut method = build_method(m, &env)?;
+        let mut method = m.build(&env)?;
         // A small constant rate keeps the model stable over many repeated steps on one batch.
         let schedule = LrSchedule::Constant { lr: 0.01 };
         let mut step_rng = Rng::derive(spec.seed, "bench-step", 0);
@@ -123,7 +123,7 @@ pub fn run(spec: &BenchSpec, dev: &Device, mut progress: impl FnMut(&BenchRow)) 
                 opt: &mut opt,
                 lr: 0.01,
                 rng: &mut step_rng,
-                attack_mode: AttackBn::reference_for(m).mode(),
+                attack_mode: m.reference_attack_bn().mode(),
                 schedule: &schedule,
                 t: (0.0, 0.5),
             };
@@ -159,6 +159,7 @@ mod tests {
     use super::*;
     use crate::data::DatasetKind;
     use crate::models::Arch;
+    use crate::train::{clean, fgsm};
 
     #[test]
     fn median_of_odd_and_even() {
@@ -172,7 +173,10 @@ mod tests {
             arch: ArchSpec::new(Arch::PreActTiny, DatasetKind::FashionMnist),
             batch: 4,
             eps: 0.1,
-            methods: vec![MethodSpec::Clean, MethodSpec::Fgsm { alpha: 0.1 }],
+            methods: vec![
+                MethodSpec::new::<clean::Clean>(clean::CleanConfig {}),
+                MethodSpec::new::<fgsm::Fgsm>(fgsm::FgsmConfig { alpha: 0.1 }),
+            ],
             warmup: 0,
             iters: 2,
             seed: 0,

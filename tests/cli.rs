@@ -883,9 +883,10 @@ fn analyze_measures_transfer_gap_curves_steps_and_the_co_verdict_with_a_cache() 
 
     // Cached: a rerun reads every unit back and writes the same tables; --force recomputes the same numbers.
     let first = std::fs::read_to_string(out.join("transfer.csv")).unwrap();
-    // FGSM's own generator is plain FGSM: its rows share one cache entry (6 own + 6 fgsm − 2 shared).
-    let cached = std::fs::read_dir(out.join("cache/transfer")).unwrap().count();
-    assert_eq!(cached, 10);
+    // One cache entry per distinct computation: transfer 6 own + 6 FGSM − 2 (the FGSM run's own generator
+    // is plain FGSM: shared), gap 6 checkpoints × (own, PGD-10), one random baseline.
+    let cached = std::fs::read_dir(out.join("cache/scores")).unwrap().count();
+    assert_eq!(cached, 10 + 12 + 1);
     for extra in [&[][..], &["--force"][..]] {
         let mut a = co_args.to_vec();
         a.extend_from_slice(extra);

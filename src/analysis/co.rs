@@ -19,7 +19,6 @@
 use serde::{Deserialize, Serialize};
 
 use super::gap::GapRow;
-use super::tidy::{Cell, Kind, TidyRow};
 use super::transfer::{Source, TransferRow};
 use crate::error::Result;
 use crate::run::checkpoint::RunDir;
@@ -79,54 +78,6 @@ pub struct CoRow {
     /// Both epochs exist and are equal (null when neither happened).
     pub coincide: Option<bool>,
     pub verdict: String,
-}
-
-impl TidyRow for CoRow {
-    fn schema() -> &'static [(&'static str, Kind)] {
-        &[
-            ("run", Kind::Str),
-            ("method", Kind::Str),
-            ("epochs", Kind::U64),
-            ("co_epoch", Kind::U64),
-            ("pgd_before", Kind::F64),
-            ("pgd_at", Kind::F64),
-            ("gap_jump_epoch", Kind::U64),
-            ("gap_before", Kind::F64),
-            ("gap_at", Kind::F64),
-            ("transfer_generator", Kind::Str),
-            ("transfer_strong_epoch", Kind::U64),
-            ("transfer_random_epoch", Kind::U64),
-            ("transfer_at", Kind::F64),
-            ("random_acc", Kind::F64),
-            ("never_stronger_than_random", Kind::Bool),
-            ("deterioration_epoch", Kind::U64),
-            ("coincide", Kind::Bool),
-            ("verdict", Kind::Str),
-        ]
-    }
-
-    fn cells(&self) -> Vec<Cell> {
-        vec![
-            Cell::Str(self.run.clone()),
-            Cell::Str(self.method.clone()),
-            Cell::U64(Some(self.epochs)),
-            Cell::U64(self.co_epoch),
-            Cell::F64(self.pgd_before),
-            Cell::F64(self.pgd_at),
-            Cell::U64(self.gap_jump_epoch),
-            Cell::F64(self.gap_before),
-            Cell::F64(self.gap_at),
-            Cell::Str(self.transfer_generator.clone()),
-            Cell::U64(self.transfer_strong_epoch),
-            Cell::U64(self.transfer_random_epoch),
-            Cell::F64(self.transfer_at),
-            Cell::F64(self.random_acc),
-            Cell::Bool(self.never_stronger_than_random),
-            Cell::U64(self.deterioration_epoch),
-            Cell::Bool(self.coincide),
-            Cell::Str(self.verdict.clone()),
-        ]
-    }
 }
 
 /// The first epoch (after the first) where `hit(previous, current)` and `before(earlier values)` holds

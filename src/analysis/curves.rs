@@ -1,15 +1,12 @@
 //! `covf analyze curves`: per run and epoch, training accuracy (on the training perturbations, and clean
 //! where the method saw the clean input) and test accuracy clean, under PGD-10 and under PGD-20 — the
 //! curves of Figures 1b and 5a–b. The training-time numbers come from the run's metrics; PGD-20 is
-//! computed here on each checkpoint (uniform start, step ε/4) and cached.
+//! computed on each checkpoint (uniform start, step ε/4) by the scoring service, which `tradeoff` shares.
 
 use serde::{Deserialize, Serialize};
 
-use super::tidy::{Cell, Kind, TidyRow};
-use super::{cache, mean, per_sample, perturbed_batches, AnalysisCtx, EpochRef};
-use crate::attacks::Pgd;
+use super::{pgd_scores, AnalysisCtx, EpochRef};
 use crate::error::Result;
-use crate::rng::Rng;
 use crate::run::checkpoint::RunDir;
 use crate::run::metrics::{col_f64, col_u64, read_parquet};
 
@@ -26,49 +23,10 @@ pub struct CurveRow {
     pub n: Option<u64>,
 }
 
-impl TidyRow for CurveRow {
-    fn schema() -> &'static [(&'static str, Kind)] {
-        &[
-            ("run", Kind::Str),
-            ("method", Kind::Str),
-            ("epoch", Kind::U64),
-            ("metric", Kind::Str),
-            ("value", Kind::F64),
-            ("n", Kind::U64),
-        ]
-    }
-
-    fn cells(&self) -> Vec<Cell> {
-        vec![
-            Cell::Str(self.run.clone()),
-            Cell::Str(self.method.clone()),
-            Cell::U64(Some(self.epoch)),
-            Cell::Str(self.metric.clone()),
-            Cell::F64(self.value),
-            Cell::U64(self.n),
-        ]
-    }
-}
-
-/// Test accuracy of one checkpoint under PGD-`steps` (cached).
+/// Test accuracy of one checkpoint under PGD-`steps` at its training ε, and the images behind it.
 pub fn pgd_accuracy(ctx: &AnalysisCtx, a: &EpochRef, steps: usize) -> Result<(f64, u64)> {
-    let key = cache::key(&[&a.content_hash()?, &format!("pgd{steps}"), &ctx.key_parts()]);
-    ctx.cache("curves").get_or(&key, || {
-        let ds = ctx.image_set(&a.spec)?;
-        let (model, _) = a.load(&ctx.device)?;
-        let pb = ctx.progress(
-            ds.len().div_ceil(ctx.batch_size.max(1)),
-            format!("pgd{steps} on {}", a.label()),
-        );
-        let mut rng = Rng::derive(ctx.seed, "curves/pgd", a.epoch as u64);
-        let xs = perturbed_batches(&model, &Pgd::new(a.spec.eps.value, steps), &ds, ctx, &mut rng, &pb)?;
-        pb.finish_and_clear();
-        let mut ok = Vec::new();
-        for (x, y) in &xs {
-            ok.extend(per_sample(&model, x, y)?.0);
-        }
-        Ok((mean(&ok), ds.len() as u64))
-    })
+    let s = pgd_scores(ctx, a, a.spec.eps.value, steps)?;
+    Ok((s.accuracy(), s.correct.len() as u64))
 }
 
 /// The training-time rows of a run, from its `metrics.parquet`.

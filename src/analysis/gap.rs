@@ -10,10 +10,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::generator::own_generator;
-use super::tidy::{Cell, Kind, TidyRow};
-use super::{cache, mean, per_sample, perturbed_batches, quantile, std_dev, AnalysisCtx, EpochRef};
-use crate::attacks::Pgd;
+use super::{first, mean, quantile, std_dev, AnalysisCtx, EpochRef};
+use crate::attacks::{Attack, Pgd};
 use crate::error::Result;
+use crate::eval::{Request, Scores};
 use crate::rng::Rng;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,52 +44,6 @@ pub struct GapRow {
     pub acc_b: f64,
 }
 
-impl TidyRow for GapRow {
-    fn schema() -> &'static [(&'static str, Kind)] {
-        &[
-            ("run", Kind::Str),
-            ("method", Kind::Str),
-            ("epoch", Kind::U64),
-            ("generator", Kind::Str),
-            ("attack_b", Kind::Str),
-            ("eps", Kind::F64),
-            ("images", Kind::Str),
-            ("n", Kind::U64),
-            ("loss_a", Kind::F64),
-            ("loss_b", Kind::F64),
-            ("gap", Kind::F64),
-            ("gap_std", Kind::F64),
-            ("gap_p10", Kind::F64),
-            ("gap_p50", Kind::F64),
-            ("gap_p90", Kind::F64),
-            ("acc_a", Kind::F64),
-            ("acc_b", Kind::F64),
-        ]
-    }
-
-    fn cells(&self) -> Vec<Cell> {
-        vec![
-            Cell::Str(self.run.clone()),
-            Cell::Str(self.method.clone()),
-            Cell::U64(Some(self.epoch)),
-            Cell::Str(self.generator.clone()),
-            Cell::Str(self.attack_b.clone()),
-            Cell::F64(self.eps),
-            Cell::Str(self.images.clone()),
-            Cell::U64(Some(self.n)),
-            Cell::F64(self.loss_a),
-            Cell::F64(self.loss_b),
-            Cell::F64(self.gap),
-            Cell::F64(self.gap_std),
-            Cell::F64(self.gap_p10),
-            Cell::F64(self.gap_p50),
-            Cell::F64(self.gap_p90),
-            Cell::F64(self.acc_a),
-            Cell::F64(self.acc_b),
-        ]
-    }
-}
-
 /// The per-example gaps summarised; `la`, `lb` are per-example losses under A and B.
 pub fn summarize(la: &[f32], lb: &[f32]) -> (f64, f64, [f64; 3]) {
     let per: Vec<f64> = la.iter().zip(lb).map(|(a, b)| f64::from(*b) - f64::from(*a)).collect();
@@ -101,50 +55,47 @@ pub fn summarize(la: &[f32], lb: &[f32]) -> (f64, f64, [f64; 3]) {
     )
 }
 
-/// G_B,i(A) for one checkpoint with B = PGD-`b_steps` (cached).
+/// G_B,i(A) for one checkpoint with B = PGD-`b_steps` (both perturbations scored by the scoring service).
 pub fn one(ctx: &AnalysisCtx, a: &EpochRef, b_steps: usize) -> Result<GapRow> {
-    let key = cache::key(&[&a.cache_id()?, &format!("pgd{b_steps}"), &ctx.key_parts()]);
-    ctx.cache("gap").get_or(&key, || {
-        let ds = ctx.image_set(&a.spec)?;
-        let (model, ck) = a.load(&ctx.device)?;
-        let eps = a.spec.eps.value;
-        let generator = own_generator(ctx, a, &ck)?;
-        let nb = ds.len().div_ceil(ctx.batch_size.max(1));
-        let pb = ctx.progress(2 * nb, format!("gap {} vs pgd{b_steps}", a.label()));
-        let mut rng = Rng::derive(ctx.seed, "gap/a", a.epoch as u64);
-        let xa = perturbed_batches(&model, &generator, &ds, ctx, &mut rng, &pb)?;
-        let mut rng = Rng::derive(ctx.seed, "gap/b", a.epoch as u64);
-        let xb = perturbed_batches(&model, &Pgd::new(eps, b_steps), &ds, ctx, &mut rng, &pb)?;
-        pb.finish_and_clear();
-        let (mut la, mut lb, mut ca, mut cb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for ((x1, y), (x2, _)) in xa.iter().zip(&xb) {
-            let (c, l) = per_sample(&model, x1, y)?;
-            ca.extend(c);
-            la.extend(l);
-            let (c, l) = per_sample(&model, x2, y)?;
-            cb.extend(c);
-            lb.extend(l);
-        }
-        let (gap, gap_std, [p10, p50, p90]) = summarize(&la, &lb);
-        Ok(GapRow {
-            run: a.run.name.clone(),
-            method: a.spec.method.label(),
-            epoch: a.epoch as u64,
-            generator: generator.describe(),
-            attack_b: format!("pgd{b_steps}"),
-            eps: f64::from(eps),
-            images: ctx.images.name().into(),
-            n: ds.len() as u64,
-            loss_a: mean(&la),
-            loss_b: mean(&lb),
-            gap,
-            gap_std,
-            gap_p10: p10,
-            gap_p50: p50,
-            gap_p90: p90,
-            acc_a: mean(&ca),
-            acc_b: mean(&cb),
-        })
+    let ds = ctx.image_set(&a.spec)?;
+    let (model, ck) = a.load(&ctx.device)?;
+    let eps = a.spec.eps.value;
+    let generator = own_generator(ctx, a, &ck)?;
+    let pgd = Pgd::new(eps, b_steps);
+    let scorer = ctx.scorer();
+    let scores = |attack: &dyn Attack, id: String, stream: &str| -> Result<Scores> {
+        let key = ctx.score_key(a, id, stream, a.epoch, vec![], &a.spec)?;
+        let mut rng = Rng::derive(ctx.seed, stream, a.epoch as u64);
+        let mut req = Request {
+            source: &model,
+            attack: Some(attack),
+            images: &ds,
+            rng: &mut rng,
+            label: format!("gap {} {}", a.label(), attack.name()),
+        };
+        first(scorer.per_example(&key, &mut req, &[])?)
+    };
+    let sa = scores(&generator, generator.describe(), "gap/a")?;
+    let sb = scores(&pgd, format!("{pgd:?}"), "gap/b")?;
+    let (gap, gap_std, [p10, p50, p90]) = summarize(&sa.loss, &sb.loss);
+    Ok(GapRow {
+        run: a.run.name.clone(),
+        method: a.spec.method.label(),
+        epoch: a.epoch as u64,
+        generator: generator.describe(),
+        attack_b: format!("pgd{b_steps}"),
+        eps: f64::from(eps),
+        images: ctx.images.name().into(),
+        n: ds.len() as u64,
+        loss_a: sa.mean_loss(),
+        loss_b: sb.mean_loss(),
+        gap,
+        gap_std,
+        gap_p10: p10,
+        gap_p50: p50,
+        gap_p90: p90,
+        acc_a: sa.accuracy(),
+        acc_b: sb.accuracy(),
     })
 }
 

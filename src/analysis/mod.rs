@@ -3,9 +3,10 @@
 //! written as tidy tables under `analyses/<study>/out/`. Every unit of work is cached by the content of
 //! the checkpoints it reads and its parameters, so a rerun is near-free.
 
-pub mod cache;
+pub use crate::run::cache;
 pub mod co;
 pub mod curves;
+mod derive;
 pub mod gap;
 pub mod generator;
 pub mod perturbations;
@@ -17,13 +18,13 @@ pub mod transfer;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
+use candle_core::Device;
 
-use crate::attacks::{correct_mask, per_sample_ce, Attack, AttackCtx};
 use crate::data::Dataset;
 use crate::error::{CovfError, Result};
-use crate::models::{Classifier, Mode, PreActResNet};
+pub use crate::eval::score::mean;
+use crate::eval::{Request, ScoreKey, Scorer, Scores};
+use crate::models::PreActResNet;
 use crate::rng::Rng;
 use crate::run::checkpoint::RunDir;
 use crate::run::model_file::ModelFile;
@@ -83,16 +84,37 @@ impl AnalysisCtx {
         cache::Cache::new(&self.out.join("cache").join(analysis), self.force)
     }
 
-    pub fn progress(&self, len: usize, label: String) -> ProgressBar {
-        if self.quiet {
-            return ProgressBar::hidden();
-        }
-        let pb = ProgressBar::new(len as u64);
-        if let Ok(style) = ProgressStyle::with_template("{prefix:>36} [{bar:30}] {pos}/{len} {elapsed_precise}") {
-            pb.set_style(style.progress_chars("=> "));
-        }
-        pb.set_prefix(label);
-        pb
+    /// The scoring service with this study's cache of per-example scores (`out/cache/scores`).
+    pub fn scorer(&self) -> Scorer {
+        Scorer::new(self.batch_size, &self.device, self.quiet).with_cache(self.cache("scores"))
+    }
+
+    /// The identity of scores of an attack on checkpoint `source`, drawn from `Rng::derive(seed, stream,
+    /// index)`, on the analyses' images of `images_of`'s run, scored by `judges` (checkpoint ids; empty: the
+    /// source).
+    pub fn score_key(
+        &self,
+        source: &EpochRef,
+        attack: String,
+        stream: &str,
+        index: usize,
+        judges: Vec<String>,
+        images_of: &TrainSpec,
+    ) -> Result<ScoreKey> {
+        Ok(ScoreKey {
+            source: source.content_hash()?,
+            attack,
+            images: format!(
+                "{} {} n={} {}",
+                images_of.dataset.name(),
+                self.images.name(),
+                self.n,
+                self.images_key(images_of)
+            ),
+            stream: format!("{stream}/{index}"),
+            judges,
+            params: self.key_parts(),
+        })
     }
 
     /// The images the analyses use for a run: the seeded test subset of its dataset, or the first `n`
@@ -227,39 +249,34 @@ pub fn all_epochs(run: &RunDir) -> Result<Vec<EpochRef>> {
     epochs.into_iter().map(|e| EpochRef::new(run, e)).collect()
 }
 
-/// Per-example correctness (1/0) and cross-entropy of `model` at `x`, BN in eval mode.
-pub fn per_sample(model: &dyn Classifier, x: &Tensor, y: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
-    let z = model.logits(x, Mode::EVAL)?.detach();
-    Ok((correct_mask(&z, y)?.to_vec1()?, per_sample_ce(&z, y)?.to_vec1()?))
+/// The random stream of a checkpoint's PGD accuracy, shared by `curves` and `tradeoff` (one computation
+/// when both ask for the same checkpoint, ε and steps).
+pub const PGD_STREAM: &str = "curves/pgd";
+
+/// Per-example scores of checkpoint `a` under PGD-`steps` at `eps` (random start, step ε/4), on the
+/// analyses' images.
+pub fn pgd_scores(ctx: &AnalysisCtx, a: &EpochRef, eps: f32, steps: usize) -> Result<Scores> {
+    let ds = ctx.image_set(&a.spec)?;
+    let (model, _) = a.load(&ctx.device)?;
+    let attack = crate::attacks::Pgd::new(eps, steps);
+    let key = ctx.score_key(a, format!("{attack:?}"), PGD_STREAM, a.epoch, vec![], &a.spec)?;
+    let mut rng = Rng::derive(ctx.seed, PGD_STREAM, a.epoch as u64);
+    let mut req = Request {
+        source: &model,
+        attack: Some(&attack),
+        images: &ds,
+        rng: &mut rng,
+        label: format!("pgd{steps} on {}", a.label()),
+    };
+    first(ctx.scorer().per_example(&key, &mut req, &[])?)
 }
 
-/// Adversarial (or noisy) inputs x + δ for a whole dataset, batch by batch, with δ from `attack` on `model`.
-pub fn perturbed_batches(
-    model: &dyn Classifier,
-    attack: &dyn Attack,
-    ds: &Dataset,
-    ctx: &AnalysisCtx,
-    rng: &mut Rng,
-    pb: &ProgressBar,
-) -> Result<Vec<(Tensor, Tensor)>> {
-    let positions: Vec<usize> = (0..ds.len()).collect();
-    let mut out = Vec::new();
-    for chunk in positions.chunks(ctx.batch_size.max(1)) {
-        let b = ds.batch(chunk, None, &ctx.device)?;
-        let rows = chunk[0]..chunk[0] + chunk.len();
-        let p = attack.perturb_rows(model, &b.x, &b.y, rows, &mut AttackCtx { mode: Mode::EVAL, rng })?;
-        out.push(((&b.x + &p.delta)?.detach(), b.y));
-        pb.inc(1);
-    }
-    Ok(out)
-}
-
-/// Mean of a slice (NaN when empty).
-pub fn mean(v: &[f32]) -> f64 {
+/// The one judge's scores of a request that named one.
+pub fn first(mut v: Vec<Scores>) -> Result<Scores> {
     if v.is_empty() {
-        return f64::NAN;
+        return Err(CovfError::spec("scores", "a request returned no scores"));
     }
-    v.iter().map(|&a| f64::from(a)).sum::<f64>() / v.len() as f64
+    Ok(v.swap_remove(0))
 }
 
 /// The q-quantile (0 ≤ q ≤ 1) of `v` by linear interpolation between order statistics (NaN when empty).

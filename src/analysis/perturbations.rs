@@ -7,7 +7,6 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::generator::own_generator;
-use super::tidy::{Cell, Kind, TidyRow};
 use super::{cache, AnalysisCtx, EpochRef};
 use crate::attacks::{Attack, AttackCtx};
 use crate::error::{CovfError, Result};
@@ -34,46 +33,6 @@ pub struct PixelRow {
     pub x: f64,
     /// Perturbation in [−ε, ε].
     pub delta: f64,
-}
-
-impl TidyRow for PixelRow {
-    fn schema() -> &'static [(&'static str, Kind)] {
-        &[
-            ("run", Kind::Str),
-            ("method", Kind::Str),
-            ("dataset", Kind::Str),
-            ("epoch", Kind::U64),
-            ("example", Kind::U64),
-            ("label", Kind::U64),
-            ("pred_clean", Kind::U64),
-            ("pred_adv", Kind::U64),
-            ("eps", Kind::F64),
-            ("channel", Kind::U64),
-            ("row", Kind::U64),
-            ("col", Kind::U64),
-            ("x", Kind::F64),
-            ("delta", Kind::F64),
-        ]
-    }
-
-    fn cells(&self) -> Vec<Cell> {
-        vec![
-            Cell::Str(self.run.clone()),
-            Cell::Str(self.method.clone()),
-            Cell::Str(self.dataset.clone()),
-            Cell::U64(Some(self.epoch)),
-            Cell::U64(Some(self.example)),
-            Cell::U64(Some(self.label)),
-            Cell::U64(Some(self.pred_clean)),
-            Cell::U64(Some(self.pred_adv)),
-            Cell::F64(self.eps),
-            Cell::U64(Some(self.channel)),
-            Cell::U64(Some(self.row)),
-            Cell::U64(Some(self.col)),
-            Cell::F64(self.x),
-            Cell::F64(self.delta),
-        ]
-    }
 }
 
 /// Flattens an `[n, c, h, w]` batch and its perturbation into pixel rows (examples numbered from 0).

@@ -4,10 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::tidy::{Cell, Kind, TidyRow};
-use super::{cache, mean, per_sample, perturbed_batches, AnalysisCtx, EpochRef};
+use super::{first, AnalysisCtx, EpochRef};
 use crate::attacks::Noise;
 use crate::error::Result;
+use crate::eval::Request;
 use crate::rng::Rng;
 use crate::run::TrainSpec;
 
@@ -44,31 +44,7 @@ pub struct RandomRow {
     pub loss: f64,
 }
 
-impl TidyRow for RandomRow {
-    fn schema() -> &'static [(&'static str, Kind)] {
-        &[
-            ("reference", Kind::Str),
-            ("noise", Kind::Str),
-            ("eps", Kind::F64),
-            ("n", Kind::U64),
-            ("accuracy", Kind::F64),
-            ("loss", Kind::F64),
-        ]
-    }
-
-    fn cells(&self) -> Vec<Cell> {
-        vec![
-            Cell::Str(self.reference.clone()),
-            Cell::Str(self.noise.clone()),
-            Cell::F64(self.eps),
-            Cell::U64(Some(self.n)),
-            Cell::F64(self.accuracy),
-            Cell::F64(self.loss),
-        ]
-    }
-}
-
-/// The reference model's accuracy and loss under one kind of noise at `eps` (cached), on the images the
+/// The reference model's accuracy and loss under one kind of noise at `eps`, on the images the
 /// analyses use for `images_of`'s run (with training images, the run whose perturbations it is compared to).
 pub fn baseline(
     ctx: &AnalysisCtx,
@@ -77,37 +53,26 @@ pub fn baseline(
     kind: NoiseKind,
     eps: f32,
 ) -> Result<RandomRow> {
-    let key = cache::key(&[
-        &reference.cache_id()?,
-        kind.name(),
-        &eps.to_string(),
-        &ctx.key_parts(),
-        &ctx.images_key(images_of),
-    ]);
-    ctx.cache("random").get_or(&key, || {
-        let ds = ctx.image_set(images_of)?;
-        let (model, _) = reference.load(&ctx.device)?;
-        let pb = ctx.progress(
-            ds.len().div_ceil(ctx.batch_size.max(1)),
-            format!("{} on {}", kind.name(), reference.label()),
-        );
-        let mut rng = Rng::derive(ctx.seed, kind.name(), 0);
-        let batches = perturbed_batches(&model, &kind.noise(eps), &ds, ctx, &mut rng, &pb)?;
-        pb.finish_and_clear();
-        let (mut ok, mut loss) = (Vec::new(), Vec::new());
-        for (x, y) in &batches {
-            let (c, l) = per_sample(&model, x, y)?;
-            ok.extend(c);
-            loss.extend(l);
-        }
-        Ok(RandomRow {
-            reference: reference.label(),
-            noise: kind.name().into(),
-            eps: f64::from(eps),
-            n: ds.len() as u64,
-            accuracy: mean(&ok),
-            loss: mean(&loss),
-        })
+    let ds = ctx.image_set(images_of)?;
+    let (model, _) = reference.load(&ctx.device)?;
+    let noise = kind.noise(eps);
+    let key = ctx.score_key(reference, format!("{noise:?}"), kind.name(), 0, vec![], images_of)?;
+    let mut rng = Rng::derive(ctx.seed, kind.name(), 0);
+    let mut req = Request {
+        source: &model,
+        attack: Some(&noise),
+        images: &ds,
+        rng: &mut rng,
+        label: format!("{} on {}", kind.name(), reference.label()),
+    };
+    let s = first(ctx.scorer().per_example(&key, &mut req, &[])?)?;
+    Ok(RandomRow {
+        reference: reference.label(),
+        noise: kind.name().into(),
+        eps: f64::from(eps),
+        n: ds.len() as u64,
+        accuracy: s.accuracy(),
+        loss: s.mean_loss(),
     })
 }
 

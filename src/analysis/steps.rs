@@ -4,7 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::tidy::{Cell, Kind, TidyRow};
 use crate::error::Result;
 use crate::run::checkpoint::RunDir;
 use crate::run::metrics::read_step_sizes;
@@ -17,28 +16,6 @@ pub struct StepRow {
     /// `input` (α1), `init` (α_ω) or `block<i>`.
     pub layer: String,
     pub alpha: f64,
-}
-
-impl TidyRow for StepRow {
-    fn schema() -> &'static [(&'static str, Kind)] {
-        &[
-            ("run", Kind::Str),
-            ("method", Kind::Str),
-            ("epoch", Kind::U64),
-            ("layer", Kind::Str),
-            ("alpha", Kind::F64),
-        ]
-    }
-
-    fn cells(&self) -> Vec<Cell> {
-        vec![
-            Cell::Str(self.run.clone()),
-            Cell::Str(self.method.clone()),
-            Cell::U64(Some(self.epoch)),
-            Cell::Str(self.layer.clone()),
-            Cell::F64(self.alpha),
-        ]
-    }
 }
 
 pub fn run(runs: &[RunDir]) -> Result<Vec<StepRow>> {

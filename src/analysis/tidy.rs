@@ -1,9 +1,12 @@
 //! Tidy tables for the analyses: rows → a polars frame with typed columns, written as
-//! `<name>.parquet` (canonical) and `<name>.csv`, each atomically.
+//! `<name>.parquet` (canonical) and `<name>.csv`, each atomically. A row type is any struct that derives
+//! `Serialize` and `Deserialize`: its columns are its fields (derive.rs), never a hand-kept list.
 
 use std::path::Path;
 
 use polars::prelude::*;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::error::{CovfError, Result};
 use crate::run::checkpoint::atomic_write;
@@ -15,6 +18,8 @@ pub enum Cell {
     F64(f64),
     U64(Option<u64>),
     Bool(Option<bool>),
+    /// A `None` field: null in a count or flag column.
+    Null,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,15 +30,19 @@ pub enum Kind {
     Bool,
 }
 
-/// A row type with a fixed schema.
-pub trait TidyRow {
-    fn schema() -> &'static [(&'static str, Kind)];
-    fn cells(&self) -> Vec<Cell>;
-}
+/// A table row: a struct of strings, numbers, flags and options of them.
+pub trait TidyRow: Serialize + DeserializeOwned {}
+
+impl<T: Serialize + DeserializeOwned> TidyRow for T {}
 
 pub fn frame<R: TidyRow>(rows: &[R]) -> Result<DataFrame> {
-    let schema = R::schema();
-    let cells: Vec<Vec<Cell>> = rows.iter().map(TidyRow::cells).collect();
+    let bad_type = |e: super::derive::Unsupported| CovfError::spec("table row", e.to_string());
+    let schema = super::derive::schema::<R>().map_err(bad_type)?;
+    let cells: Vec<Vec<Cell>> = rows
+        .iter()
+        .map(super::derive::cells)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(bad_type)?;
     let mut cols = Vec::with_capacity(schema.len());
     for (j, &(name, kind)) in schema.iter().enumerate() {
         let at = |i: usize| cells[i].get(j).cloned();
@@ -66,6 +75,7 @@ pub fn frame<R: TidyRow>(rows: &[R]) -> Result<DataFrame> {
                 let v: Vec<Option<u64>> = (0..rows.len())
                     .map(|i| match at(i) {
                         Some(Cell::U64(x)) => Ok(x),
+                        Some(Cell::Null) => Ok(None),
                         _ => Err(bad(i)),
                     })
                     .collect::<Result<_>>()?;
@@ -75,6 +85,7 @@ pub fn frame<R: TidyRow>(rows: &[R]) -> Result<DataFrame> {
                 let v: Vec<Option<bool>> = (0..rows.len())
                     .map(|i| match at(i) {
                         Some(Cell::Bool(x)) => Ok(x),
+                        Some(Cell::Null) => Ok(None),
                         _ => Err(bad(i)),
                     })
                     .collect::<Result<_>>()?;
@@ -111,25 +122,49 @@ pub fn read(dir: &Path, name: &str) -> Result<DataFrame> {
 mod tests {
     use super::*;
 
-    struct R(&'static str, f64, Option<u64>, Option<bool>);
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct R {
+        run: String,
+        v: f64,
+        e: Option<u64>,
+        b: Option<bool>,
+    }
 
-    impl TidyRow for R {
-        fn schema() -> &'static [(&'static str, Kind)] {
-            &[
+    fn r(run: &str, v: f64, e: Option<u64>, b: Option<bool>) -> R {
+        R {
+            run: run.into(),
+            v,
+            e,
+            b,
+        }
+    }
+
+    #[test]
+    fn columns_come_from_the_fields_in_order() {
+        assert_eq!(
+            super::super::derive::schema::<R>().unwrap(),
+            [
                 ("run", Kind::Str),
                 ("v", Kind::F64),
                 ("e", Kind::U64),
-                ("b", Kind::Bool),
+                ("b", Kind::Bool)
             ]
-        }
-        fn cells(&self) -> Vec<Cell> {
-            vec![
-                Cell::Str(self.0.into()),
-                Cell::F64(self.1),
-                Cell::U64(self.2),
-                Cell::Bool(self.3),
+        );
+        assert_eq!(
+            super::super::derive::cells(&r("a", 0.5, None, Some(true))).unwrap(),
+            [
+                Cell::Str("a".into()),
+                Cell::F64(0.5),
+                Cell::Null,
+                Cell::Bool(Some(true))
             ]
+        );
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Nested {
+            inner: Vec<u64>,
         }
+        assert!(super::super::derive::schema::<Nested>().is_err());
+        assert!(frame(&[Nested { inner: vec![1] }]).is_err());
     }
 
     #[test]
@@ -138,7 +173,7 @@ mod tests {
         write(
             dir.path(),
             "t",
-            &[R("a", 0.5, Some(3), None), R("b", f64::NAN, None, Some(true))],
+            &[r("a", 0.5, Some(3), None), r("b", f64::NAN, None, Some(true))],
         )
         .unwrap();
         let df = read(dir.path(), "t").unwrap();

@@ -12,13 +12,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::generator::{own_generator, Generator};
+use super::generator::own_generator;
 use super::random::{self, NoiseKind};
-use super::tidy::{Cell, Kind, TidyRow};
-use super::{cache, mean, per_sample, perturbed_batches, AnalysisCtx, EpochRef};
+use super::{AnalysisCtx, EpochRef};
+use crate::attacks::Generator;
 use crate::error::{CovfError, Result};
+use crate::eval::Request;
 use crate::rng::Rng;
-use crate::run::MethodSpec;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TransferRow {
@@ -42,44 +42,6 @@ pub struct TransferRow {
     pub acc_self: f64,
     /// The reference's accuracy under random signs of the same ε.
     pub random_acc: f64,
-}
-
-impl TidyRow for TransferRow {
-    fn schema() -> &'static [(&'static str, Kind)] {
-        &[
-            ("run", Kind::Str),
-            ("method", Kind::Str),
-            ("epoch", Kind::U64),
-            ("generator", Kind::Str),
-            ("attack", Kind::Str),
-            ("reference", Kind::Str),
-            ("eps", Kind::F64),
-            ("images", Kind::Str),
-            ("n", Kind::U64),
-            ("acc_ref", Kind::F64),
-            ("loss_ref", Kind::F64),
-            ("acc_self", Kind::F64),
-            ("random_acc", Kind::F64),
-        ]
-    }
-
-    fn cells(&self) -> Vec<Cell> {
-        vec![
-            Cell::Str(self.run.clone()),
-            Cell::Str(self.method.clone()),
-            Cell::U64(Some(self.epoch)),
-            Cell::Str(self.generator.clone()),
-            Cell::Str(self.attack.clone()),
-            Cell::Str(self.reference.clone()),
-            Cell::F64(self.eps),
-            Cell::Str(self.images.clone()),
-            Cell::U64(Some(self.n)),
-            Cell::F64(self.acc_ref),
-            Cell::F64(self.loss_ref),
-            Cell::F64(self.acc_self),
-            Cell::F64(self.random_acc),
-        ]
-    }
 }
 
 /// Checks that the reference can take the run's perturbations: same dataset (hence shape and classes).
@@ -131,63 +93,63 @@ impl Source {
     }
 }
 
-/// The transfer strength of one checkpoint's perturbations from `source` (cached by both checkpoints'
-/// content and the generator as run).
+/// The transfer strength of one checkpoint's perturbations from `source` (scores cached by both checkpoints'
+/// content and the generator as run, so a run whose own generator is FGSM computes them once).
 pub fn one(ctx: &AnalysisCtx, reference: &EpochRef, a: &EpochRef, source: Source) -> Result<TransferRow> {
     check_compatible(reference, a)?;
     let eps = a.spec.eps.value;
     let random_acc = random::baseline(ctx, reference, &a.spec, NoiseKind::Sign, eps)?.accuracy;
-    // The generator needs only the checkpoint's metadata (APART's α1); the weights load on a cache miss.
+    // The generator needs only the checkpoint's metadata (APART's α1).
     let meta = crate::run::checkpoint::Checkpoint {
         tensors: Default::default(),
         meta: crate::run::checkpoint::read_metadata(&a.path())?,
     };
     let generator = source.generator(ctx, a, &meta)?;
-    let key = cache::key(&[
-        &a.cache_id()?,
-        &reference.cache_id()?,
-        &generator.describe(),
-        &ctx.key_parts(),
-    ]);
-    let row = ctx.cache("transfer").get_or(&key, || {
-        let ds = ctx.image_set(&a.spec)?;
-        let (model_a, _) = a.load(&ctx.device)?;
-        let (model_ref, _) = reference.load(&ctx.device)?;
-        let pb = ctx.progress(
-            ds.len().div_ceil(ctx.batch_size.max(1)),
-            format!("transfer {} → {}", a.label(), reference.run.name),
-        );
-        let mut rng = Rng::derive(ctx.seed, "transfer", a.epoch as u64);
-        let batches = perturbed_batches(&model_a, &generator, &ds, ctx, &mut rng, &pb)?;
-        pb.finish_and_clear();
-        let (mut ok_ref, mut loss_ref, mut ok_self) = (Vec::new(), Vec::new(), Vec::new());
-        for (x, y) in &batches {
-            let (c, l) = per_sample(&model_ref, x, y)?;
-            ok_ref.extend(c);
-            loss_ref.extend(l);
-            ok_self.extend(per_sample(&model_a, x, y)?.0);
+    let ds = ctx.image_set(&a.spec)?;
+    let (model_a, _) = a.load(&ctx.device)?;
+    let (model_ref, _) = reference.load(&ctx.device)?;
+    let key = ctx.score_key(
+        a,
+        generator.describe(),
+        "transfer",
+        a.epoch,
+        vec![reference.content_hash()?, a.content_hash()?],
+        &a.spec,
+    )?;
+    let mut rng = Rng::derive(ctx.seed, "transfer", a.epoch as u64);
+    let mut req = Request {
+        source: &model_a,
+        attack: Some(&generator),
+        images: &ds,
+        rng: &mut rng,
+        label: format!("transfer {} → {}", a.label(), reference.run.name),
+    };
+    let scores = ctx.scorer().per_example(&key, &mut req, &[&model_ref, &model_a])?;
+    let (on_ref, on_self) = match &scores[..] {
+        [r, s] => (r, s),
+        _ => {
+            return Err(CovfError::spec(
+                "transfer",
+                "two scoring models gave other than two scores",
+            ))
         }
-        Ok(TransferRow {
-            run: a.run.name.clone(),
-            method: a.spec.method.label(),
-            epoch: a.epoch as u64,
-            generator: source.name().into(),
-            attack: generator.describe(),
-            reference: reference.label(),
-            eps: f64::from(eps),
-            images: ctx.images.name().into(),
-            n: ds.len() as u64,
-            acc_ref: mean(&ok_ref),
-            loss_ref: mean(&loss_ref),
-            acc_self: mean(&ok_self),
-            random_acc,
-        })
-    })?;
-    // A cached FGSM row serves a run whose own generator is FGSM: it names the source asked for.
-    Ok(TransferRow {
+    };
+    let row = TransferRow {
+        run: a.run.name.clone(),
+        method: a.spec.method.label(),
+        epoch: a.epoch as u64,
         generator: source.name().into(),
-        ..row
-    })
+        attack: generator.describe(),
+        reference: reference.label(),
+        eps: f64::from(eps),
+        images: ctx.images.name().into(),
+        n: ds.len() as u64,
+        acc_ref: on_ref.accuracy(),
+        loss_ref: on_ref.mean_loss(),
+        acc_self: on_self.accuracy(),
+        random_acc,
+    };
+    Ok(row)
 }
 
 /// Every given checkpoint against the reference, with both generators (own first; a model covf did not
@@ -196,7 +158,7 @@ pub fn run(ctx: &AnalysisCtx, reference: &EpochRef, checkpoints: &[EpochRef]) ->
     let mut rows = Vec::with_capacity(2 * checkpoints.len());
     for source in Source::BOTH {
         for a in checkpoints {
-            if source == Source::Own && matches!(a.spec.method, MethodSpec::External { .. }) {
+            if source == Source::Own && !a.spec.method.trainable() {
                 continue;
             }
             rows.push(one(ctx, reference, a, source)?);

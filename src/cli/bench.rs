@@ -8,6 +8,8 @@ use covf::device::parse_device;
 use covf::models::{Arch, ArchSpec};
 use covf::optim::Precision;
 use covf::run::{Eps, MethodSpec};
+use covf::train::method::spec_for_label;
+use covf::train::Defaults;
 use covf::CovfError;
 
 #[derive(Debug, Args)]
@@ -54,57 +56,10 @@ pub struct BenchArgs {
     pub dtype: String,
 }
 
-/// A step name -> the method spec `covf train` would build for it on `dataset` at `eps` (same defaults):
-/// clean, fgsm, fgsm-rs, pgdN, free[M], atta[K], sfgsm, apart, apart-simple, apart-no-layerwise,
-/// apart-no-init, gradalign, nfgsm.
-fn parse_step(s: &str, eps: &str, dataset: &str) -> Result<MethodSpec, CovfError> {
-    let s = s.trim().to_ascii_lowercase();
-    let bad = || {
-        CovfError::spec(
-            "bench step",
-            format!(
-                "'{s}': expected clean, fgsm, fgsm-rs, pgdN, freeM, attaK (N, M, K ≥ 1, e.g. pgd10), sfgsm, apart, \
-                 apart-simple, apart-no-layerwise, apart-no-init, gradalign or nfgsm"
-            ),
-        )
-    };
-    let counted = |prefix: &str| -> Option<Result<usize, CovfError>> {
-        s.strip_prefix(prefix)
-            .filter(|rest| !rest.is_empty())
-            .map(|rest| rest.parse::<usize>().ok().filter(|&n| n >= 1).ok_or_else(bad))
-    };
-    let mut args: Vec<String> = vec![
-        "covf".into(),
-        "train".into(),
-        "--eps".into(),
-        eps.into(),
-        "--dataset".into(),
-        dataset.into(),
-    ];
-    let mut method = |m: &str, extra: &[String]| {
-        args.extend(["--method".to_string(), m.to_string()]);
-        args.extend_from_slice(extra);
-    };
-    if let Some(n) = counted("pgd") {
-        method("pgd", &["--steps".into(), n?.to_string()]);
-    } else if let Some(n) = counted("free") {
-        method("free", &["--replays".into(), n?.to_string()]);
-    } else if let Some(n) = counted("atta") {
-        method("atta", &["--steps".into(), n?.to_string()]);
-    } else {
-        match s.as_str() {
-            "clean" | "fgsm" | "fgsm-rs" | "free" | "atta" | "sfgsm" | "apart" | "apart-simple" | "gradalign"
-            | "nfgsm" => method(&s, &[]),
-            "apart-no-layerwise" => method("apart", &["--no-layerwise".into()]),
-            "apart-no-init" => method("apart", &["--no-init".into()]),
-            _ => return Err(bad()),
-        }
-    }
-    let cli = <super::Cli as clap::Parser>::try_parse_from(&args).map_err(|_| bad())?;
-    match cli.command {
-        super::Command::Train(t) => Ok(super::train::to_spec(&t)?.method),
-        _ => Err(bad()),
-    }
+/// A step name → the method spec `covf train` would build for it on `dataset` at `eps` (same defaults): a
+/// method's label (`fgsm`, `pgd10`, `free4`, `apart-no-init`, …), as each method's file reads its labels.
+fn parse_step(s: &str, eps: &Eps, dataset: DatasetKind) -> Result<MethodSpec, CovfError> {
+    spec_for_label(&s.trim().to_ascii_lowercase(), &Defaults { dataset, eps })
 }
 
 fn parse_shape(s: &str) -> Result<(usize, usize), CovfError> {
@@ -137,12 +92,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         let classes = arch.num_classes;
         arch = arch.with_input(c, size, classes)?;
     }
-    let eps = Eps::parse(&a.eps)?.value;
+    let eps = Eps::parse(&a.eps)?;
     let methods = a
         .steps
         .iter()
-        .map(|s| parse_step(s, &a.eps, &a.dataset))
+        .map(|s| parse_step(s, &eps, dataset))
         .collect::<Result<Vec<_>, _>>()?;
+    let eps = eps.value;
     let spec = BenchSpec {
         arch,
         batch: a.batch_size,
@@ -189,15 +145,23 @@ mod tests {
 
     #[test]
     fn steps_and_shapes_parse() {
-        let p = |s: &str| parse_step(s, "0.1", "fmnist");
-        assert_eq!(p("clean").unwrap(), MethodSpec::Clean);
-        assert!(matches!(p("PGD7").unwrap(), MethodSpec::Pgd { steps: 7, .. }));
-        assert!(matches!(p("free4").unwrap(), MethodSpec::Free { replays: 4 }));
-        assert!(matches!(p("atta3").unwrap(), MethodSpec::Atta { steps: 3, .. }));
-        assert!(matches!(p("apart-no-init").unwrap(), MethodSpec::Apart(c) if !c.learned_init && c.layerwise));
-        assert_eq!(p("nfgsm").unwrap().label(), "nfgsm");
-        assert!(matches!(p("free").unwrap(), MethodSpec::Free { replays: 8 }));
-        for bad in ["pgd0", "apart2", "free0", "attax", "sgd"] {
+        let eps = Eps::parse("0.1").unwrap();
+        let p = |s: &str| parse_step(s, &eps, DatasetKind::FashionMnist);
+        for (step, label) in [
+            ("clean", "clean"),
+            ("PGD7", "pgd7"),
+            ("free4", "free4"),
+            ("free", "free8"),
+            ("atta3", "atta3"),
+            ("apart-no-init", "apart-no-init"),
+            ("nfgsm", "nfgsm"),
+        ] {
+            assert_eq!(p(step).unwrap().label(), label, "{step}");
+        }
+        let c = p("apart-no-init").unwrap();
+        let c = c.config::<covf::train::apart::Apart>().unwrap();
+        assert!(!c.learned_init && c.layerwise);
+        for bad in ["pgd0", "apart2", "free0", "attax", "sgd", "external"] {
             assert!(p(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_shape("3x32x32").unwrap(), (3, 32));

@@ -1,86 +1,83 @@
-//! `covf train`: flags -> a validated `TrainSpec` (dataset-dependent defaults resolved here), then fit.
+//! `covf train`: flags → `TrainSettings` (the library fills in every default and validates), then fit.
+//! A method's own flags (`--steps`, `--alpha`, …) come from the method registry: each method declares
+//! them in its file (`covf::train::Method::FLAGS`).
 
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, ValueEnum};
+use clap::builder::{PossibleValue, PossibleValuesParser};
+use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches, Parser};
 
-use covf::data::{Augment, DatasetKind};
 use covf::device::parse_device;
-use covf::models::Arch;
-use covf::optim::{LrSchedule, Precision};
+use covf::fit::{fit, FitOptions};
 use covf::run::checkpoint::RunDir;
-use covf::run::{ApartConfig, AttackBn, EpochEvalSpec, Eps, MethodSpec, TrainSpec};
-use covf::train::{fit, FitOptions};
+use covf::run::{TrainSettings, TrainSpec};
+use covf::train::method::all_flags;
+use covf::train::{Flags, METHODS};
 use covf::CovfError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum MethodArg {
-    /// Standard training, no perturbation (the non-robust baseline).
-    Clean,
-    Fgsm,
-    FgsmRs,
-    Pgd,
-    /// Free-m (Shafahi et al. 2019): minibatch replays; epochs divided by m.
-    Free,
-    /// ATTA-K (Zheng et al. 2020): per-example perturbations accumulated across epochs.
-    Atta,
-    /// S+FGSM (Kim et al. 2021): FGSM-RS stopped at the first misclassified checkpoint.
-    Sfgsm,
-    /// APART-Simple (Eq. 3): FGSM with learned initialisation and step size.
-    ApartSimple,
-    /// APART (Algorithm 1): learned init, layer-wise perturbations, learned step sizes.
-    Apart,
-    /// FGSM + GradAlign (Andriushchenko & Flammarion 2020), finite-difference alignment gradient.
-    #[value(name = "gradalign")]
-    GradAlign,
-    /// N-FGSM (de Jorge et al. 2022): noise 2ε, step ε, no projection.
-    Nfgsm,
+/// `--method`'s choices, with each method's one line of help.
+fn method_names() -> PossibleValuesParser {
+    PossibleValuesParser::new(
+        METHODS
+            .iter()
+            .filter(|m| m.trainable())
+            .map(|m| PossibleValue::new(m.name()).help(m.help())),
+    )
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ScheduleArg {
-    Cyclic,
-    Constant,
-    Piecewise,
-}
+/// The flags every method declares for itself, added to `covf train` as declared.
+#[derive(Debug, Clone, Default)]
+pub struct MethodFlagArgs(pub Flags);
 
-/// Defaults of the CPU setting (Fashion-MNIST) chosen so that FGSM overfits catastrophically
-/// within the run and PGD-10 does not; how they were found: docs/default-setting.md.
-pub mod fmnist_defaults {
-    pub const EPOCHS: usize = 4;
-    pub const LR_MAX: f64 = 0.3;
-    /// APART's step-size rate and L2 penalty at this scale (docs/methods.md).
-    pub const APART_ALPHA_LR: f64 = 1e-6;
-    pub const APART_L2: f64 = 10.0;
-}
+impl FromArgMatches for MethodFlagArgs {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut f = Flags::default();
+        for (flag, _) in all_flags() {
+            if flag.value.is_some() {
+                if let Some(v) = m.get_one::<String>(flag.name) {
+                    f.set(flag.name, v.clone());
+                }
+            } else if m.get_flag(flag.name) {
+                f.set(flag.name, "true");
+            }
+        }
+        Ok(MethodFlagArgs(f))
+    }
 
-/// APART's generator settings: the paper's and its code's on CIFAR; on the small grey-scale sets the
-/// step sizes start at ε/2 and learn faster, because the default runs are a few epochs long (the
-/// tuning is in docs/methods.md).
-fn apart_config(a: &TrainArgs, dataset: DatasetKind, eps: &Eps) -> ApartConfig {
-    let small = small_images(dataset);
-    let alpha_init = a.apart_alpha_init.unwrap_or(if small { eps.value / 2.0 } else { 1e-4 });
-    ApartConfig {
-        layerwise: !a.no_layerwise,
-        learned_init: !a.no_init,
-        alpha_init,
-        init_scale: a.apart_init_scale.unwrap_or(alpha_init),
-        block_alpha_init: 0.0,
-        alpha_lr: a
-            .apart_alpha_lr
-            .unwrap_or(if small { fmnist_defaults::APART_ALPHA_LR } else { 5e-8 }),
-        alpha_l2: a
-            .apart_l2
-            .unwrap_or(if small { fmnist_defaults::APART_L2 } else { 200.0 }),
-        alpha_momentum: 0.9,
-        omega_std: 0.001,
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
     }
 }
 
-/// Defaults elsewhere: MNIST 10 epochs; CIFAR as fast_adversarial (cyclic 0.2); ε per dataset: DatasetKind::default_eps.
-const MNIST_EPOCHS: usize = 10;
-const CIFAR_EPOCHS: usize = 30;
-const LR_MAX: f64 = 0.2;
+impl Args for MethodFlagArgs {
+    fn augment_args(mut cmd: Command) -> Command {
+        for (flag, users) in all_flags() {
+            let who: Vec<String> = users
+                .iter()
+                .map(|(m, d)| {
+                    if d.is_empty() {
+                        m.to_string()
+                    } else {
+                        format!("{m}: {d}")
+                    }
+                })
+                .collect();
+            let arg = Arg::new(flag.name)
+                .long(flag.name)
+                .help(format!("{} [{}]", flag.help, who.join(", ")));
+            cmd = cmd.arg(match flag.value {
+                Some(v) => arg.value_name(v).action(ArgAction::Set),
+                None => arg.action(ArgAction::SetTrue),
+            });
+        }
+        cmd
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
+}
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
@@ -89,64 +86,17 @@ const LR_MAX: f64 = 0.2;
   covf train --method fgsm-rs --eps 8/255 --dataset cifar10 --data-dir ~/data/cifar-10-batches-bin --arch preact18
   covf train --method fgsm --name my-run --resume             # continue an interrupted run")]
 pub struct TrainArgs {
-    /// Training method.
-    #[arg(long, value_enum, default_value = "fgsm")]
-    pub method: MethodArg,
-    /// Attack steps (methods pgd and atta).
-    #[arg(long, default_value_t = 10)]
-    pub steps: usize,
-    /// Free: replays m of each minibatch; the epoch budget is divided by m (rounded up) for equal cost.
-    #[arg(long, default_value_t = 8)]
-    pub replays: usize,
-    /// ATTA: reset the stored perturbations every N epochs (0 = never).
-    #[arg(long, default_value_t = 10, value_name = "N")]
-    pub atta_reset: usize,
-    /// S+FGSM: checkpoints c along the FGSM-RS step (c − 1 are checked).
-    #[arg(long, default_value_t = 3, value_name = "C")]
-    pub sfgsm_checkpoints: usize,
-    /// APART ablation: no layer-wise perturbations at the residual blocks.
-    #[arg(long)]
-    pub no_layerwise: bool,
-    /// APART ablation: no learned per-example initialisation (δ starts at 0).
-    #[arg(long)]
-    pub no_init: bool,
-    /// APART: initial input step α1 [default: 1e-4 as the APART code on CIFAR, ε/2 on fmnist/mnist].
-    #[arg(long, value_name = "A")]
-    pub apart_alpha_init: Option<f32>,
-    /// APART: initial scale α_ω of the learned initialisation [default: as --apart-alpha-init].
-    #[arg(long, value_name = "A")]
-    pub apart_init_scale: Option<f32>,
-    /// APART: peak of the cyclic step-size rate μα [default: 5e-8 on CIFAR (paper), see docs/methods.md for fmnist].
-    #[arg(long, value_name = "MU")]
-    pub apart_alpha_lr: Option<f64>,
-    /// APART: L2 penalty λ on the step sizes [default: 200 on CIFAR (paper), see docs/methods.md for fmnist].
-    #[arg(long, value_name = "LAMBDA")]
-    pub apart_l2: Option<f64>,
-    /// GradAlign: weight λ of the gradient-alignment term.
-    #[arg(long, default_value_t = 0.2, value_name = "LAMBDA")]
-    pub gradalign_lambda: f32,
-    /// GradAlign: radius of the finite-difference approximation of the alignment gradient.
-    #[arg(long, default_value_t = 0.01, value_name = "R")]
-    pub fd_radius: f32,
-    /// GradAlign: also differentiate through ∇x L(x), as the paper's formula reads (the reference code
-    /// detaches it, which is the default).
-    #[arg(long)]
-    pub gradalign_through_clean: bool,
-    /// N-FGSM: noise magnitude k (δ0 ~ U(−kε, kε)).
-    #[arg(long, default_value_t = 2.0, value_name = "K")]
-    pub nfgsm_noise: f32,
-    /// PGD restarts per batch (method pgd).
-    #[arg(long, default_value_t = 1)]
-    pub restarts: usize,
-    /// Input step size α in pixel units [default: fgsm ε, fgsm-rs and sfgsm 1.25ε, pgd and atta ε/4 (2/255 at 8/255), nfgsm ε].
-    #[arg(long, value_name = "A")]
-    pub alpha: Option<String>,
+    /// Training method [default: fgsm].
+    #[arg(long, value_parser = method_names())]
+    pub method: Option<String>,
+    #[command(flatten)]
+    pub method_flags: MethodFlagArgs,
     /// Perturbation budget ε (L∞, pixel units), e.g. 8/255 or 0.3 [default: 0.15 on fmnist, 0.3 on mnist, 8/255 on CIFAR].
     #[arg(long, value_name = "EPS")]
     pub eps: Option<String>,
-    /// Dataset: fmnist, mnist, cifar10, cifar100.
-    #[arg(long, default_value = "fmnist")]
-    pub dataset: String,
+    /// Dataset: fmnist, mnist, cifar10, cifar100 [default: fmnist].
+    #[arg(long)]
+    pub dataset: Option<String>,
     /// Directory with the dataset files [default for fmnist: /usr/share/datasets/fashion-mnist].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -156,25 +106,27 @@ pub struct TrainArgs {
     /// Epochs [default: 4 on fmnist, 10 on mnist, 30 on CIFAR].
     #[arg(long)]
     pub epochs: Option<usize>,
-    #[arg(long, default_value_t = 128)]
-    pub batch_size: usize,
-    /// Learning-rate schedule.
-    #[arg(long, value_enum, default_value = "cyclic")]
-    pub lr_schedule: ScheduleArg,
+    /// [default: 128]
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Learning-rate schedule [default: cyclic].
+    #[arg(long, value_parser = ["cyclic", "constant", "piecewise"])]
+    pub lr_schedule: Option<String>,
     /// Peak (cyclic) or initial (constant, piecewise) learning rate [default: 0.3 on fmnist, 0.2 otherwise].
     #[arg(long)]
     pub lr_max: Option<f64>,
-    /// Cyclic: where the peak sits, as a fraction of the run.
-    #[arg(long, default_value_t = 0.5)]
-    pub lr_peak: f64,
-    /// Piecewise: fractions of the run at which the rate is multiplied by --lr-gamma.
-    #[arg(long, value_delimiter = ',', default_value = "0.5,0.75")]
-    pub lr_milestones: Vec<f64>,
-    #[arg(long, default_value_t = 0.1)]
-    pub lr_gamma: f64,
-    /// SGD momentum (with the cyclic schedule: at the ends of the cycle, see --cycle-momentum).
-    #[arg(long, default_value_t = 0.9)]
-    pub momentum: f64,
+    /// Cyclic: where the peak sits, as a fraction of the run [default: 0.5].
+    #[arg(long)]
+    pub lr_peak: Option<f64>,
+    /// Piecewise: fractions of the run at which the rate is multiplied by --lr-gamma [default: 0.5,0.75].
+    #[arg(long, value_delimiter = ',')]
+    pub lr_milestones: Option<Vec<f64>>,
+    /// [default: 0.1]
+    #[arg(long)]
+    pub lr_gamma: Option<f64>,
+    /// SGD momentum (with the cyclic schedule: at the ends of the cycle, see --cycle-momentum) [default: 0.9].
+    #[arg(long)]
+    pub momentum: Option<f64>,
     /// Cycle the momentum inversely to the cyclic rate, --momentum → --base-momentum at the peak → back, as
     /// PyTorch's CyclicLR in fast_adversarial and the APART code [default: on with the cyclic schedule].
     #[arg(long, overrides_with = "no_cycle_momentum")]
@@ -182,33 +134,35 @@ pub struct TrainArgs {
     /// Keep the momentum fixed at --momentum.
     #[arg(long, overrides_with = "cycle_momentum")]
     pub no_cycle_momentum: bool,
-    /// The momentum at the learning-rate peak when it cycles (PyTorch CyclicLR's base_momentum).
-    #[arg(long, default_value_t = 0.8, value_name = "M")]
-    pub base_momentum: f64,
+    /// The momentum at the learning-rate peak when it cycles (PyTorch CyclicLR's base_momentum) [default: 0.8].
+    #[arg(long, value_name = "M")]
+    pub base_momentum: Option<f64>,
     /// Batch norm while the method generates its training perturbation: train (batch statistics, and the
     /// attack's forwards update the running statistics, as PyTorch's train mode), batch (batch statistics,
     /// running statistics untouched) or eval (running statistics) [default: each method's reference code:
     /// eval for atta, train otherwise].
     #[arg(long, value_name = "MODE")]
     pub attack_bn: Option<String>,
-    #[arg(long, default_value_t = 5e-4)]
-    pub weight_decay: f64,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// [default: 5e-4]
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// [default: 0]
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Train on a fixed, seeded subset of N images [default: all]; 0 = all.
     #[arg(long, value_name = "N")]
     pub train_subset: Option<usize>,
-    /// Per-epoch test metrics on a fixed, seeded subset of N test images.
-    #[arg(long, value_name = "N", default_value_t = 1000)]
-    pub test_subset: usize,
+    /// Per-epoch test metrics on a fixed, seeded subset of N test images [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub test_subset: Option<usize>,
     /// Augmentation on (the dataset's usual one: CIFAR crop+flip) or off [default: on for CIFAR, off otherwise].
     #[arg(long, overrides_with = "no_augment")]
     pub augment: bool,
     #[arg(long, overrides_with = "augment")]
     pub no_augment: bool,
-    /// PGD steps of the per-epoch test evaluation.
-    #[arg(long, default_value_t = 10)]
-    pub eval_pgd_steps: usize,
+    /// PGD steps of the per-epoch test evaluation [default: 10].
+    #[arg(long)]
+    pub eval_pgd_steps: Option<usize>,
     /// Keep a checkpoint of every epoch (otherwise only the last).
     #[arg(long)]
     pub save_every_epoch: bool,
@@ -223,174 +177,69 @@ pub struct TrainArgs {
     pub resume: bool,
     #[arg(long, short)]
     pub quiet: bool,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    /// cpu, cuda or cuda:N [default: cpu].
+    #[arg(long)]
+    pub device: Option<String>,
     /// Compute dtype of the training passes: f32, or bf16/f16 mixed precision (f32 master weights, batch
-    /// norm and loss; f16 with dynamic loss scaling). For GPUs: on the CPU half precision is slower than f32.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    /// norm and loss; f16 with dynamic loss scaling). For GPUs: on the CPU half precision is slower than f32
+    /// [default: f32].
+    #[arg(long)]
+    pub dtype: Option<String>,
 }
 
-fn small_images(d: DatasetKind) -> bool {
-    matches!(d, DatasetKind::FashionMnist | DatasetKind::Mnist)
-}
-
-/// Resolves defaults and validates: the library only ever sees the result.
-pub fn to_spec(a: &TrainArgs) -> covf::Result<TrainSpec> {
-    let dataset = DatasetKind::parse(&a.dataset)?;
-    let small = small_images(dataset);
-    let eps = Eps::parse(a.eps.as_deref().unwrap_or(dataset.default_eps()))?;
-    let arch = match &a.arch {
-        Some(s) => Arch::parse(s)?,
-        None if small => Arch::PreActTiny,
-        None => Arch::PreAct18,
-    };
-    let alpha = match &a.alpha {
-        Some(s) => Some(
-            Eps::parse(s)
-                .map_err(|_| CovfError::spec("alpha", format!("'{s}': write it as 2/255 or 0.01, in (0, 1]")))?
-                .value,
-        ),
-        None => None,
-    };
-    let requested_epochs = a.epochs.unwrap_or(match dataset {
-        DatasetKind::FashionMnist => fmnist_defaults::EPOCHS,
-        DatasetKind::Mnist => MNIST_EPOCHS,
-        _ => CIFAR_EPOCHS,
-    });
-    let pgd_alpha = alpha.unwrap_or(eps.scaled(2.0 / 255.0));
-    let method = match a.method {
-        MethodArg::Clean => MethodSpec::Clean,
-        MethodArg::Fgsm => MethodSpec::Fgsm {
-            alpha: alpha.unwrap_or(eps.value),
-        },
-        MethodArg::FgsmRs => MethodSpec::FgsmRs {
-            alpha: alpha.unwrap_or(1.25 * eps.value),
-        },
-        MethodArg::Pgd => MethodSpec::Pgd {
-            steps: a.steps,
-            alpha: pgd_alpha,
-            restarts: a.restarts,
-        },
-        MethodArg::Free => MethodSpec::Free { replays: a.replays },
-        MethodArg::Atta => MethodSpec::Atta {
-            steps: a.steps,
-            alpha: pgd_alpha,
-            reset: a.atta_reset,
-        },
-        MethodArg::Sfgsm => MethodSpec::Sfgsm {
-            alpha: alpha.unwrap_or(1.25 * eps.value),
-            checkpoints: a.sfgsm_checkpoints,
-        },
-        MethodArg::Apart | MethodArg::ApartSimple => {
-            let cfg = apart_config(a, dataset, &eps);
-            if a.method == MethodArg::Apart {
-                MethodSpec::Apart(cfg)
+impl TrainArgs {
+    /// The settings these flags give; every default is the library's (`TrainSettings::resolve`).
+    pub fn settings(&self) -> TrainSettings {
+        let pair = |on: bool, off: bool| {
+            if on {
+                Some(true)
+            } else if off {
+                Some(false)
             } else {
-                MethodSpec::ApartSimple(cfg)
+                None
             }
+        };
+        TrainSettings {
+            method: self.method.clone(),
+            eps: self.eps.clone(),
+            dataset: self.dataset.clone(),
+            data_dir: self.data_dir.clone(),
+            arch: self.arch.clone(),
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr_schedule: self.lr_schedule.clone(),
+            lr_max: self.lr_max,
+            lr_peak: self.lr_peak,
+            lr_milestones: self.lr_milestones.clone(),
+            lr_gamma: self.lr_gamma,
+            momentum: self.momentum,
+            cycle_momentum: pair(self.cycle_momentum, self.no_cycle_momentum),
+            no_cycle_momentum: false,
+            base_momentum: self.base_momentum,
+            attack_bn: self.attack_bn.clone(),
+            weight_decay: self.weight_decay,
+            seed: self.seed,
+            train_subset: self.train_subset,
+            test_subset: self.test_subset,
+            augment: pair(self.augment, self.no_augment),
+            no_augment: false,
+            eval_pgd_steps: self.eval_pgd_steps,
+            save_every_epoch: self.save_every_epoch,
+            name: self.name.clone(),
+            device: self.device.clone(),
+            dtype: self.dtype.clone(),
+            method_flags: self.method_flags.0.clone(),
         }
-        MethodArg::GradAlign => MethodSpec::GradAlign {
-            lambda: a.gradalign_lambda,
-            fd_radius: a.fd_radius,
-            through_clean: a.gradalign_through_clean,
-        },
-        MethodArg::Nfgsm => MethodSpec::Nfgsm {
-            alpha: alpha.unwrap_or(eps.value),
-            noise: a.nfgsm_noise,
-        },
-    };
-    // Free replays every minibatch m times: m times fewer passes cost the same as the other methods' epochs.
-    let epochs = match method {
-        MethodSpec::Free { replays } if replays > 0 => requested_epochs.div_ceil(replays),
-        _ => requested_epochs,
-    };
-    let lr_max = a.lr_max.unwrap_or(if dataset == DatasetKind::FashionMnist {
-        fmnist_defaults::LR_MAX
-    } else {
-        LR_MAX
-    });
-    let train_subset = a.train_subset.filter(|&n| n > 0);
-    let schedule = match a.lr_schedule {
-        ScheduleArg::Cyclic => LrSchedule::Cyclic {
-            max: lr_max,
-            peak: a.lr_peak,
-            epochs,
-        },
-        ScheduleArg::Constant => LrSchedule::Constant { lr: lr_max },
-        ScheduleArg::Piecewise => LrSchedule::Piecewise {
-            lr: lr_max,
-            milestones: a.lr_milestones.clone(),
-            gamma: a.lr_gamma,
-            epochs,
-        },
-    };
-    let augment = if a.no_augment {
-        Augment::none()
-    } else if a.augment {
-        match dataset.default_augment() {
-            aug if aug.is_none() => Augment { pad: 2, flip: false },
-            aug => aug,
-        }
-    } else {
-        dataset.default_augment()
-    };
-    let precision = Precision::parse(&a.dtype)?;
-    let attack_bn = match &a.attack_bn {
-        Some(s) => AttackBn::parse(s)?,
-        None => AttackBn::reference_for(&method),
-    };
-    let cyclic = matches!(schedule, LrSchedule::Cyclic { .. });
-    if a.cycle_momentum && !cyclic {
-        return Err(CovfError::spec(
-            "cycle momentum",
-            "--cycle-momentum needs --lr-schedule cyclic".to_string(),
-        ));
     }
-    let cycle_momentum = (cyclic && !a.no_cycle_momentum).then_some(a.base_momentum);
-    let name = a.name.clone().unwrap_or_else(|| {
-        let base = TrainSpec::default_name(&method, dataset, arch, &eps, a.seed);
-        // A mixed-precision run is another experiment: it must not resume or reuse the f32 run.
-        match precision {
-            Precision::F32 => base,
-            p => format!("{base}-{}", p.name()),
-        }
-    });
-    let spec = TrainSpec {
-        name,
-        method,
-        dataset,
-        data_dir: a.data_dir.clone(),
-        arch,
-        eval: EpochEvalSpec {
-            test_subset: a.test_subset,
-            pgd_steps: a.eval_pgd_steps,
-            pgd_alpha: eps.scaled(2.0 / 255.0),
-            probe_steps: 5,
-            probe_drop: 0.2,
-        },
-        eps,
-        epochs,
-        batch_size: a.batch_size,
-        schedule,
-        momentum: a.momentum,
-        cycle_momentum,
-        weight_decay: a.weight_decay,
-        seed: a.seed,
-        train_subset,
-        augment,
-        attack_bn,
-        save_every_epoch: a.save_every_epoch,
-        device: a.device.clone(),
-        precision,
-    };
-    spec.validate()?;
-    Ok(spec)
 }
 
-/// `covf train`'s flags on their own, to read train settings that come from elsewhere (a study file,
-/// `analyze tradeoff --train-args`) exactly as the command line would.
+/// The validated spec these flags describe.
+pub fn to_spec(a: &TrainArgs) -> covf::Result<TrainSpec> {
+    a.settings().resolve()
+}
+
+/// `covf train`'s flags on their own, to read train settings given as words (`analyze tradeoff --train-args`)
+/// exactly as the command line would.
 #[derive(Debug, Parser)]
 #[command(name = "train settings", no_binary_name = true)]
 struct TrainOnly {
@@ -398,7 +247,7 @@ struct TrainOnly {
     args: TrainArgs,
 }
 
-/// Train flags given as words (`["--method", "fgsm", "--eps", "0.1"]`) → the spec `covf train` would build.
+/// Train flags given as words (`["--method", "fgsm", "--eps", "0.1"]`) → the flags `covf train` would read.
 pub fn args_from_words(words: &[String], what: &str) -> covf::Result<TrainArgs> {
     TrainOnly::try_parse_from(words).map(|t| t.args).map_err(|e| {
         let msg = e.to_string();
@@ -409,7 +258,7 @@ pub fn args_from_words(words: &[String], what: &str) -> covf::Result<TrainArgs> 
 
 pub fn run(a: TrainArgs, root: &Path) -> anyhow::Result<()> {
     let mut spec = to_spec(&a)?;
-    let dev = parse_device(&a.device)?;
+    let dev = parse_device(&spec.device)?;
     if a.resume {
         let run = RunDir::new(root, &spec.name)?;
         if run.exists() {
@@ -426,7 +275,7 @@ pub fn run(a: TrainArgs, root: &Path) -> anyhow::Result<()> {
             }
             // The directory names the run: a renamed or copied run directory resumes where it is.
             spec = TrainSpec {
-                device: a.device.clone(),
+                device: spec.device.clone(),
                 name: spec.name.clone(),
                 ..stored
             };
@@ -461,7 +310,8 @@ pub fn run(a: TrainArgs, root: &Path) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use crate::cli::{Cli, Command};
-    use clap::Parser;
+    use covf::run::AttackBn;
+    use covf::train::{apart, pgd};
 
     fn spec_of(args: &[&str]) -> TrainSpec {
         let cli = Cli::try_parse_from(std::iter::once("covf").chain(args.iter().copied())).unwrap();
@@ -472,56 +322,26 @@ mod tests {
     }
 
     #[test]
-    fn fashion_mnist_defaults_are_the_co_setting_and_others_keep_theirs() {
-        let s = spec_of(&["train"]);
-        assert_eq!(s.eps.value, 0.15);
-        assert_eq!((s.epochs, s.train_subset), (4, None));
-        assert_eq!(s.arch, Arch::PreActTiny);
-        assert!(matches!(s.schedule, LrSchedule::Cyclic { max, .. } if max == 0.3));
-        // As fast_adversarial: attacks in train mode, momentum cycling 0.9 → 0.8 → 0.9.
-        assert_eq!(
-            (s.attack_bn, s.momentum, s.cycle_momentum),
-            (AttackBn::Train, 0.9, Some(0.8))
-        );
-        assert_eq!(spec_of(&["train", "--method", "atta"]).attack_bn, AttackBn::Eval);
-        let b = spec_of(&["train", "--attack-bn", "batch", "--no-cycle-momentum"]);
+    fn flags_become_the_settings_a_study_file_would_give() {
+        assert_eq!(spec_of(&["train"]), TrainSettings::default().resolve().unwrap());
+        let b = spec_of(&["train", "--attack-bn", "batch", "--no-cycle-momentum", "--no-augment"]);
         assert_eq!((b.attack_bn, b.cycle_momentum), (AttackBn::Batch, None));
-        assert_eq!(spec_of(&["train", "--lr-schedule", "constant"]).cycle_momentum, None);
-        let m = spec_of(&["train", "--dataset", "mnist"]);
-        assert_eq!((m.eps.value, m.epochs, m.train_subset), (0.3, 10, None));
-        assert!(matches!(m.schedule, LrSchedule::Cyclic { max, .. } if max == 0.2));
-        let c = spec_of(&["train", "--dataset", "cifar10", "--lr-max", "0.1"]);
-        assert_eq!((c.epochs, c.arch), (30, Arch::PreAct18));
-        assert!(matches!(c.schedule, LrSchedule::Cyclic { max, .. } if max == 0.1));
-    }
-
-    #[test]
-    fn free_divides_the_epoch_budget_by_its_replays() {
-        let f = |args: &[&str]| spec_of(&[&["train", "--method", "free"], args].concat());
-        assert_eq!(f(&[]).epochs, 1, "4 epochs / 8 replays, rounded up");
-        assert_eq!(f(&["--epochs", "16"]).epochs, 2);
-        let s = f(&["--epochs", "10", "--replays", "4"]);
-        assert_eq!((s.epochs, s.method.clone()), (3, MethodSpec::Free { replays: 4 }));
-        assert!(matches!(s.schedule, LrSchedule::Cyclic { epochs: 3, .. }));
-        assert_eq!(spec_of(&["train", "--method", "apart", "--epochs", "10"]).epochs, 10);
-    }
-
-    #[test]
-    fn apart_defaults_follow_the_dataset() {
-        let m = spec_of(&["train", "--method", "apart"]);
-        let MethodSpec::Apart(c) = m.method else {
-            unreachable!("apart")
-        };
-        assert_eq!((c.alpha_init, c.init_scale), (0.075, 0.075));
-        assert_eq!(
-            (c.alpha_lr, c.alpha_l2),
-            (fmnist_defaults::APART_ALPHA_LR, fmnist_defaults::APART_L2)
-        );
-        let m = spec_of(&["train", "--method", "apart-simple", "--dataset", "cifar10"]);
-        let MethodSpec::ApartSimple(c) = m.method else {
-            unreachable!("apart-simple")
-        };
-        assert_eq!((c.alpha_init, c.alpha_lr, c.alpha_l2), (1e-4, 5e-8, 200.0));
-        assert_eq!(m.name, "apart-simple-cifar10-preact18-eps8-255-s0");
+        let p = spec_of(&[
+            "train",
+            "--method",
+            "pgd",
+            "--steps",
+            "7",
+            "--alpha",
+            "1/255",
+            "--restarts",
+            "2",
+        ]);
+        let c = p.method.config::<pgd::Pgd>().unwrap();
+        assert_eq!((c.steps, c.alpha, c.restarts), (7, 1.0 / 255.0, 2));
+        let a = spec_of(&["train", "--method", "apart", "--no-init", "--apart-l2", "3"]);
+        assert_eq!(a.method.label(), "apart-no-init");
+        assert_eq!(a.method.config::<apart::Apart>().unwrap().alpha_l2, 3.0);
+        assert!(Cli::try_parse_from(["covf", "train", "--method", "external"]).is_err());
     }
 }

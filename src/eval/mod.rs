@@ -4,17 +4,18 @@
 pub mod attack_spec;
 pub mod checks;
 pub mod results;
+pub mod score;
 pub mod table;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 pub use attack_spec::AttackSpec;
 pub use results::{CheckRow, EvalRow};
+pub use score::{Request, ScoreKey, Scorer, Scores};
 
 use crate::attacks::autoattack::CascadeState;
 use crate::attacks::{correct, per_sample_ce, Attack, AttackCtx};
@@ -45,20 +46,19 @@ pub fn evaluate(
 ) -> Result<AccLoss> {
     let mut hits = 0usize;
     let mut loss = 0f64;
-    let positions: Vec<usize> = (0..ds.len()).collect();
-    for chunk in positions.chunks(batch_size.max(1)) {
-        let b = ds.batch(chunk, None, dev)?;
-        let x = match attack {
-            Some(a) => {
-                let p = a.perturb(model, &b.x, &b.y, &mut AttackCtx { mode: Mode::EVAL, rng })?;
-                (&b.x + &p.delta)?
-            }
-            None => b.x.clone(),
-        };
-        let logits = model.logits(&x, Mode::EVAL)?.detach();
-        hits += correct(&logits, &b.y)?;
-        loss += f64::from(per_sample_ce(&logits, &b.y)?.sum_all()?.to_scalar::<f32>()?);
-    }
+    let scorer = Scorer::new(batch_size, dev, true);
+    let mut req = Request {
+        source: model,
+        attack,
+        images: ds,
+        rng,
+        label: String::new(),
+    };
+    scorer.for_each_batch(&mut req, &[], |logits, y| {
+        hits += correct(&logits[0], y)?;
+        loss += f64::from(per_sample_ce(&logits[0], y)?.sum_all()?.to_scalar::<f32>()?);
+        Ok(())
+    })?;
     let n = ds.len().max(1);
     Ok(AccLoss {
         acc: hits as f64 / n as f64,
@@ -172,18 +172,6 @@ struct AaState {
     stage_seconds: f64,
 }
 
-fn progress(quiet: bool, n: usize, label: String) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(n as u64);
-    if let Ok(style) = ProgressStyle::with_template("{prefix:>28} [{bar:30}] {pos}/{len} batches {elapsed_precise}") {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb.set_prefix(label);
-    pb
-}
-
 /// Mean of the run's `epoch_seconds` (training time per epoch), if its metrics are readable.
 pub fn mean_epoch_seconds(run: &RunDir) -> Option<f64> {
     let df = crate::run::metrics::read_parquet(&run.path.join("metrics.parquet")).ok()?;
@@ -198,34 +186,14 @@ fn stack(ds: &Dataset, idx: &[usize], dev: &Device) -> Result<(Tensor, Tensor)> 
 }
 
 /// Accuracy under one (non-AutoAttack) attack, batched; returns (correct, seconds).
-fn eval_attack(
-    model: &dyn Classifier,
-    ds: &Dataset,
-    attack: Option<&dyn Attack>,
-    spec: &EvalSpec,
-    rng: &mut Rng,
-    dev: &Device,
-    label: String,
-) -> Result<(usize, f64)> {
+fn eval_attack(mut req: Request, spec: &EvalSpec, dev: &Device) -> Result<(usize, f64)> {
     let t = Instant::now();
-    let positions: Vec<usize> = (0..ds.len()).collect();
-    let chunks: Vec<&[usize]> = positions.chunks(spec.batch_size.max(1)).collect();
-    let pb = progress(spec.quiet, chunks.len(), label);
     let mut hits = 0;
-    for c in chunks {
-        let (x, y) = stack(ds, c, dev)?;
-        let xa = match attack {
-            Some(a) => {
-                (&x + &a
-                    .perturb(model, &x, &y, &mut AttackCtx { mode: Mode::EVAL, rng })?
-                    .delta)?
-            }
-            None => x,
-        };
-        hits += correct(&model.logits(&xa, Mode::EVAL)?.detach(), &y)?;
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
+    let scorer = Scorer::new(spec.batch_size, dev, spec.quiet);
+    scorer.for_each_batch(&mut req, &[], |logits, y| {
+        hits += correct(&logits[0], y)?;
+        Ok(())
+    })?;
     Ok((hits, t.elapsed().as_secs_f64()))
 }
 
@@ -289,7 +257,7 @@ fn eval_autoattack(
     for (si, &stage) in aa.stages.iter().enumerate().skip(st.done.len()) {
         let points: Vec<usize> = (0..n).filter(|&i| st.stage_start[i]).collect();
         let chunks: Vec<&[usize]> = points.chunks(spec.batch_size.max(1)).collect();
-        let pb = progress(spec.quiet, chunks.len(), format!("{a} {}", stage.name()));
+        let pb = score::progress_bar(spec.quiet, chunks.len(), &format!("{a} {}", stage.name()));
         pb.set_position(st.batches_done as u64);
         for (ci, c) in chunks.iter().enumerate().skip(st.batches_done) {
             let t = Instant::now();
@@ -398,7 +366,14 @@ pub fn run(spec: &EvalSpec, dev: &Device) -> Result<Vec<EpochReport>> {
                 } else {
                     let attack = a.build(eps);
                     let mut rng = Rng::derive(spec.seed, &a.to_string(), epoch as u64);
-                    let (c, secs) = eval_attack(&model, &ds, attack.as_deref(), spec, &mut rng, dev, a.to_string())?;
+                    let req = Request {
+                        source: &model,
+                        attack: attack.as_deref(),
+                        images: &ds,
+                        rng: &mut rng,
+                        label: a.to_string(),
+                    };
+                    let (c, secs) = eval_attack(req, spec, dev)?;
                     rows.push(row(a.to_string(), c, secs));
                     accs.push((a.clone(), c as f64 / ds.len().max(1) as f64));
                 }

@@ -11,6 +11,7 @@ use plotters::style::{register_font, FontStyle};
 
 use crate::error::{CovfError, Result};
 use crate::run::checkpoint::atomic_write;
+use crate::train::method::by_label;
 
 /// Pixel size of one panel; SVG uses the same units.
 pub const SIZE: (u32, u32) = (720, 480);
@@ -64,44 +65,36 @@ pub const PALETTE: [RGBColor; 7] = [
 /// Grey of reference lines (random baseline, zero).
 pub const REFERENCE: RGBColor = RGBColor(110, 110, 110);
 
-/// Methods in a fixed order, so a method has the same colour and marker in every figure.
-const METHOD_ORDER: [&str; 7] = ["fgsm", "pgd10", "apart", "apart-simple", "fgsm-rs", "sfgsm", "free8"];
+/// Palette slots that methods hold by declaration (`Method::COLOUR`), so a method has the same colour and
+/// marker in every figure; other methods take the slots after these by first appearance.
+const FIXED_SLOTS: usize = 7;
 
-/// The display name of a method label (`pgd10` → `PGD-10`).
+/// The display name of a method label (`pgd10` → `PGD-10`), as the method's file declares it.
 pub fn display_name(method: &str) -> String {
-    match method {
-        "clean" => "Standard".into(),
-        "fgsm" => "FGSM".into(),
-        "fgsm-rs" => "FGSM-RS".into(),
-        "sfgsm" => "S+FGSM".into(),
-        "nfgsm" => "N-FGSM".into(),
-        "apart" => "APART".into(),
-        "apart-simple" => "APART-Simple".into(),
-        "gradalign" => "GradAlign".into(),
-        m => {
-            for (prefix, name) in [("pgd", "PGD"), ("free", "Free"), ("atta", "ATTA")] {
-                if let Some(k) = m.strip_prefix(prefix).filter(|k| k.chars().all(|c| c.is_ascii_digit())) {
-                    if !k.is_empty() {
-                        return format!("{name}-{k}");
-                    }
-                }
-            }
-            m.to_string()
-        }
-    }
+    by_label(method).map_or_else(|| method.to_string(), |(_, name)| name)
 }
 
-/// Index into the palette and marker set: fixed for the usual methods, then by first appearance.
+/// Index into the palette and marker set: a method's declared slot, then by first appearance. When two
+/// labels of one method appear together (`pgd7`, `pgd10`), the first in `others` keeps the slot.
 pub fn method_index(method: &str, others: &[String]) -> usize {
-    if let Some(i) = METHOD_ORDER.iter().position(|m| *m == method) {
-        return i;
+    let declared = |m: &str| by_label(m).and_then(|(def, _)| def.colour());
+    let owned = |m: &str| {
+        declared(m).filter(|&s| {
+            others
+                .iter()
+                .find(|o| declared(o) == Some(s))
+                .is_none_or(|first| first == m)
+        })
+    };
+    if let Some(s) = owned(method) {
+        return s;
     }
     let extra = others
         .iter()
-        .filter(|m| !METHOD_ORDER.contains(&m.as_str()))
+        .filter(|m| owned(m).is_none())
         .position(|m| m == method)
         .unwrap_or(0);
-    METHOD_ORDER.len() + extra
+    FIXED_SLOTS + extra
 }
 
 pub fn color(i: usize) -> RGBColor {
@@ -203,7 +196,10 @@ mod tests {
         let others = vec!["gradalign".to_string(), "nfgsm".to_string()];
         assert_eq!(method_index("fgsm", &others), 0);
         assert_eq!(method_index("apart", &others), 2);
-        assert_eq!(method_index("nfgsm", &others), METHOD_ORDER.len() + 1);
+        assert_eq!(method_index("nfgsm", &others), FIXED_SLOTS + 1);
+        let pgds = vec!["pgd10".to_string(), "pgd7".to_string()];
+        assert_eq!(method_index("pgd10", &pgds), 1);
+        assert_eq!(method_index("pgd7", &pgds), FIXED_SLOTS);
         assert_eq!(display_name("pgd10"), "PGD-10");
         assert_eq!(display_name("free8"), "Free-8");
         assert_eq!(display_name("atta10"), "ATTA-10");

@@ -2,12 +2,15 @@
 //! settings as `run.json` saves them), its directory and checkpoint files, a lone model file, its metric
 //! tables, and the data sets and model it uses.
 
+pub mod cache;
 pub mod checkpoint;
 pub mod metrics;
 pub mod model_file;
 pub mod sets;
+pub mod settings;
 pub mod spec;
 
 pub use checkpoint::{Checkpoint, RunDir};
 pub use sets::{load_model, DATA_SEED};
-pub use spec::{ApartConfig, AttackBn, EpochEvalSpec, Eps, MethodSpec, TrainSpec};
+pub use settings::TrainSettings;
+pub use spec::{AttackBn, EpochEvalSpec, Eps, MethodSpec, TrainSpec};

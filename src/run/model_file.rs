@@ -94,9 +94,7 @@ pub fn epoch_of_name(path: &Path) -> Option<usize> {
 fn external_spec(name: &str, label: &str, arch: Arch, dataset: DatasetKind, eps: Eps) -> TrainSpec {
     TrainSpec {
         name: name.to_string(),
-        method: MethodSpec::External {
-            label: label.to_string(),
-        },
+        method: MethodSpec::external(label),
         dataset,
         data_dir: None,
         arch,

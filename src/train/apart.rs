@@ -23,14 +23,229 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Tensor, Var};
 
+use serde::{Deserialize, Serialize};
+
+use super::method::{Defaults, Flag, Flags, Meta, Method};
 use super::per_example::PerExampleStore;
 use super::{MethodEnv, StepCtx, StepSize, StepStats, TrainMethod};
+use crate::attacks::Generator;
 use crate::data::Batch;
 use crate::error::{CovfError, Result};
 use crate::models::{Mode, PreActResNet};
 use crate::optim::LrSchedule;
 use crate::rng::Rng;
-use crate::run::ApartConfig;
+
+/// `--method apart`.
+pub struct Apart;
+
+/// APART's generator settings (Algorithm 1; defaults in `apart_config`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApartConfig {
+    /// Layer-wise perturbations δi at the residual blocks (off: the `--no-layerwise` ablation).
+    pub layerwise: bool,
+    /// Learned per-example initialisation ω_x (off: the `--no-init` ablation, δ starts at 0).
+    pub learned_init: bool,
+    /// Initial input step α1 (pixel units).
+    pub alpha_init: f32,
+    /// Initial α_ω, the scale of the learned initialisation.
+    pub init_scale: f32,
+    /// Initial αi of the residual blocks.
+    pub block_alpha_init: f32,
+    /// Peak of the cyclic step-size learning rate μα.
+    pub alpha_lr: f64,
+    /// L2 penalty λ on the step sizes.
+    pub alpha_l2: f64,
+    pub alpha_momentum: f64,
+    /// Standard deviation of ω's random initialisation.
+    pub omega_std: f32,
+}
+
+/// APART's step-size rate and L2 penalty on the small grey-scale sets (docs/methods.md).
+pub const SMALL_ALPHA_LR: f64 = 1e-6;
+pub const SMALL_L2: f64 = 10.0;
+
+/// APART's generator settings: the paper's and its code's on CIFAR; on the small grey-scale sets the step
+/// sizes start at ε/2 and learn faster, because the default runs are a few epochs long (the tuning is in
+/// docs/methods.md). APART-Simple reads the same flags.
+pub fn apart_config(f: &Flags, d: &Defaults) -> Result<ApartConfig> {
+    let small = d.small_images();
+    let alpha_init = f
+        .parse("apart-alpha-init")?
+        .unwrap_or(if small { d.eps.value / 2.0 } else { 1e-4 });
+    Ok(ApartConfig {
+        layerwise: !f.switch("no-layerwise"),
+        learned_init: !f.switch("no-init"),
+        alpha_init,
+        init_scale: f.parse("apart-init-scale")?.unwrap_or(alpha_init),
+        block_alpha_init: 0.0,
+        alpha_lr: f
+            .parse("apart-alpha-lr")?
+            .unwrap_or(if small { SMALL_ALPHA_LR } else { 5e-8 }),
+        alpha_l2: f.parse("apart-l2")?.unwrap_or(if small { SMALL_L2 } else { 200.0 }),
+        alpha_momentum: 0.9,
+        omega_std: 0.001,
+    })
+}
+
+/// The flags of APART's generator, shared with APART-Simple.
+pub const GENERATOR_FLAGS: [Flag; 4] = [
+    Flag {
+        name: "apart-alpha-init",
+        help: "APART: initial input step α1 (1e-4 as the APART code on CIFAR, ε/2 on fmnist/mnist)",
+        value: Some("A"),
+        default: "1e-4 or ε/2",
+    },
+    Flag {
+        name: "apart-init-scale",
+        help: "APART: initial scale α_ω of the learned initialisation",
+        value: Some("A"),
+        default: "as --apart-alpha-init",
+    },
+    Flag {
+        name: "apart-alpha-lr",
+        help: "APART: peak of the cyclic step-size rate μα (5e-8 on CIFAR as the paper; docs/methods.md for fmnist)",
+        value: Some("MU"),
+        default: "5e-8 or 1e-6",
+    },
+    Flag {
+        name: "apart-l2",
+        help: "APART: L2 penalty λ on the step sizes (200 on CIFAR as the paper; docs/methods.md for fmnist)",
+        value: Some("LAMBDA"),
+        default: "200 or 10",
+    },
+];
+
+/// Step sizes and ω's scale finite and ≥ 0, momentum in [0, 1).
+pub fn validate_config(c: &ApartConfig) -> Result<()> {
+    let ok = [
+        f64::from(c.alpha_init),
+        f64::from(c.init_scale),
+        f64::from(c.block_alpha_init),
+        c.alpha_lr,
+        c.alpha_l2,
+        f64::from(c.omega_std),
+    ]
+    .iter()
+    .all(|v| v.is_finite() && *v >= 0.0)
+        && (0.0..1.0).contains(&c.alpha_momentum);
+    if ok {
+        Ok(())
+    } else {
+        Err(CovfError::spec(
+            "apart",
+            format!("step sizes, μα, λ and ω's scale must be finite and ≥ 0, momentum in [0, 1): {c:?}"),
+        ))
+    }
+}
+
+/// One learned step size (`input`, `init`, `block<i>`) from the `step_sizes` JSON of an APART checkpoint's
+/// metadata.
+pub fn learned_step(meta: &Meta, layer: &str) -> Result<f32> {
+    let missing = |m: &str| CovfError::spec("APART checkpoint", format!("step_sizes metadata: {m}"));
+    let text = meta.get("step_sizes").ok_or_else(|| missing("absent"))?;
+    let v: serde_json::Value = serde_json::from_str(text)?;
+    v.as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|s| s.get("layer").and_then(|l| l.as_str()) == Some(layer))
+        })
+        .and_then(|s| s.get("value"))
+        .and_then(serde_json::Value::as_f64)
+        .map(|a| a as f32)
+        .ok_or_else(|| missing(&format!("no '{layer}' step size")))
+}
+
+/// APART's generator on images without a learned ω (test images): a signed step of the checkpoint's
+/// learned α1 from zero. The block perturbations δi live inside the network and cannot be transferred.
+pub fn learned_step_generator(eps: f32, meta: &Meta) -> Result<Generator> {
+    Ok(Generator::Step {
+        eps,
+        alpha: learned_step(meta, "input")?,
+        start: 0.0,
+    })
+}
+
+fn label_of(c: &ApartConfig) -> String {
+    match (c.layerwise, c.learned_init) {
+        (true, true) => "apart".into(),
+        (false, true) => "apart-no-layerwise".into(),
+        (true, false) => "apart-no-init".into(),
+        (false, false) => "apart-no-layerwise-no-init".into(),
+    }
+}
+
+impl Method for Apart {
+    type Config = ApartConfig;
+    const NAME: &'static str = "apart";
+    const HELP: &'static str = "APART (Algorithm 1): learned init, layer-wise perturbations, learned step sizes";
+    const DISPLAY: &'static str = "APART";
+    const COLOUR: Option<usize> = Some(2);
+    const FLAGS: &'static [Flag] = &[
+        Flag {
+            name: "no-layerwise",
+            help: "APART ablation: no layer-wise perturbations at the residual blocks",
+            value: None,
+            default: "",
+        },
+        Flag {
+            name: "no-init",
+            help: "APART ablation: no learned per-example initialisation (δ starts at 0)",
+            value: None,
+            default: "",
+        },
+        GENERATOR_FLAGS[0],
+        GENERATOR_FLAGS[1],
+        GENERATOR_FLAGS[2],
+        GENERATOR_FLAGS[3],
+    ];
+
+    fn config(f: &Flags, d: &Defaults) -> Result<ApartConfig> {
+        apart_config(f, d)
+    }
+
+    fn label(c: &ApartConfig) -> String {
+        label_of(c)
+    }
+
+    fn display(label: &str) -> Option<String> {
+        match label {
+            "apart" => Some("APART".into()),
+            "apart-no-layerwise" | "apart-no-init" | "apart-no-layerwise-no-init" => Some(label.into()),
+            _ => None,
+        }
+    }
+
+    fn flags_for_label(label: &str) -> Option<Flags> {
+        let f = Flags::default();
+        match label {
+            "apart" => Some(f),
+            "apart-no-layerwise" => Some(f.with("no-layerwise", "true")),
+            "apart-no-init" => Some(f.with("no-init", "true")),
+            "apart-no-layerwise-no-init" => Some(f.with("no-layerwise", "true").with("no-init", "true")),
+            _ => None,
+        }
+    }
+
+    fn alpha(c: &ApartConfig) -> Option<f32> {
+        Some(c.alpha_init)
+    }
+
+    fn validate(c: &ApartConfig) -> Result<()> {
+        validate_config(c)
+    }
+
+    fn build(c: &ApartConfig, env: &MethodEnv) -> Result<Box<dyn TrainMethod>> {
+        Ok(Box::new(ApartTraining::new(env, c.clone())?))
+    }
+
+    fn generator(_: &ApartConfig, eps: f32, meta: &Meta) -> Result<Generator> {
+        learned_step_generator(eps, meta)
+    }
+
+    fn learned_init(c: &ApartConfig) -> bool {
+        c.learned_init
+    }
+}
 
 /// One momentum-SGD ascent step on L − λ‖α‖² for a scalar step size (the reference's update:
 /// d = −g + 2λα; b = μ·b + d; α −= lr·b), then α kept ≥ 0. Returns (α, b).
@@ -56,7 +271,6 @@ pub struct ApartTraining {
     alphas: Vec<f64>,
     bufs: Vec<f64>,
     alpha_schedule: LrSchedule,
-    label: String,
 }
 
 impl ApartTraining {
@@ -71,7 +285,6 @@ impl ApartTraining {
             None
         };
         let init_scale = if cfg.learned_init { cfg.init_scale } else { 0.0 };
-        let label = crate::run::MethodSpec::Apart(cfg.clone()).label();
         Ok(ApartTraining {
             alphas: vec![f64::from(cfg.alpha_init), f64::from(init_scale)],
             bufs: vec![0.0, 0.0],
@@ -83,14 +296,7 @@ impl ApartTraining {
             eps: env.eps,
             omega,
             cfg,
-            label,
         })
-    }
-
-    /// The same generator under another name (APART-Simple is APART without block perturbations).
-    pub fn with_label(mut self, label: &str) -> Self {
-        self.label = label.to_string();
-        self
     }
 
     fn ensure_blocks(&mut self, n: usize) {
@@ -120,10 +326,6 @@ fn dot(a: &Tensor, b: &Tensor) -> Result<f64> {
 }
 
 impl TrainMethod for ApartTraining {
-    fn name(&self) -> String {
-        self.label.clone()
-    }
-
     fn alpha(&self) -> f32 {
         self.alphas[0] as f32
     }
@@ -308,5 +510,23 @@ mod tests {
         let (a3, _) = ascent_step(0.1, 0.0, 0.0, 0.01, 10.0, 0.0);
         assert!((a3 - 0.08).abs() < 1e-12, "{a3}");
         assert_eq!(ascent_step(0.001, 0.0, -100.0, 1.0, 0.0, 0.0).0, 0.0);
+    }
+
+    #[test]
+    fn the_generator_reads_the_learned_input_step_from_checkpoint_metadata() {
+        let mut meta = Meta::new();
+        meta.insert(
+            "step_sizes".to_string(),
+            r#"[{"layer":"input","value":0.078},{"layer":"init","value":0.07},{"layer":"block1","value":0.01}]"#
+                .to_string(),
+        );
+        assert!((learned_step(&meta, "input").unwrap() - 0.078).abs() < 1e-7);
+        assert!((learned_step(&meta, "init").unwrap() - 0.07).abs() < 1e-7);
+        assert!(learned_step(&meta, "block2").is_err());
+        match learned_step_generator(0.1, &meta).unwrap() {
+            Generator::Step { eps, alpha, start } => assert_eq!((eps, alpha, start), (0.1, 0.078, 0.0)),
+            g => panic!("{g:?}"),
+        }
+        assert!(learned_step_generator(0.1, &Meta::new()).is_err());
     }
 }

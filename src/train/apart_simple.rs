@@ -7,12 +7,51 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::Tensor;
 
-use super::apart::ApartTraining;
+use super::apart::{
+    apart_config, learned_step_generator, validate_config, ApartConfig, ApartTraining, GENERATOR_FLAGS,
+};
+use super::method::{Defaults, Flag, Flags, Meta, Method};
 use super::{MethodEnv, StepCtx, StepSize, StepStats, TrainMethod};
+use crate::attacks::Generator;
 use crate::data::Batch;
 use crate::error::Result;
 use crate::models::PreActResNet;
-use crate::run::ApartConfig;
+
+/// `--method apart-simple`.
+pub struct ApartSimple;
+
+impl Method for ApartSimple {
+    type Config = ApartConfig;
+    const NAME: &'static str = "apart-simple";
+    const HELP: &'static str = "APART-Simple (Eq. 3): FGSM with learned initialisation and step size";
+    const DISPLAY: &'static str = "APART-Simple";
+    const COLOUR: Option<usize> = Some(3);
+    const FLAGS: &'static [Flag] = &GENERATOR_FLAGS;
+
+    fn config(f: &Flags, d: &Defaults) -> Result<ApartConfig> {
+        apart_config(f, d)
+    }
+
+    fn alpha(c: &ApartConfig) -> Option<f32> {
+        Some(c.alpha_init)
+    }
+
+    fn validate(c: &ApartConfig) -> Result<()> {
+        validate_config(c)
+    }
+
+    fn build(c: &ApartConfig, env: &MethodEnv) -> Result<Box<dyn TrainMethod>> {
+        Ok(Box::new(ApartSimpleTraining::new(env, c.clone())?))
+    }
+
+    fn generator(_: &ApartConfig, eps: f32, meta: &Meta) -> Result<Generator> {
+        learned_step_generator(eps, meta)
+    }
+
+    fn learned_init(_: &ApartConfig) -> bool {
+        true
+    }
+}
 
 pub struct ApartSimpleTraining(ApartTraining);
 
@@ -23,17 +62,11 @@ impl ApartSimpleTraining {
             learned_init: true,
             ..cfg
         };
-        Ok(ApartSimpleTraining(
-            ApartTraining::new(env, cfg)?.with_label("apart-simple"),
-        ))
+        Ok(ApartSimpleTraining(ApartTraining::new(env, cfg)?))
     }
 }
 
 impl TrainMethod for ApartSimpleTraining {
-    fn name(&self) -> String {
-        self.0.name()
-    }
-
     fn alpha(&self) -> f32 {
         self.0.alpha()
     }

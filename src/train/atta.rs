@@ -8,13 +8,97 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::Tensor;
 
+use serde::{Deserialize, Serialize};
+
+use super::method::{alpha_flag, counted, positive_alpha, quarter_eps, Defaults, Flag, Flags, Meta, Method, STEPS};
 use super::per_example::PerExampleStore;
-use super::{descend, MethodEnv, StepCtx, StepStats, TrainMethod};
-use crate::attacks::{project, sign_step};
+use super::{descend, AttackBn, MethodEnv, StepCtx, StepStats, TrainMethod};
+use crate::attacks::{project, sign_step, Generator};
 use crate::data::Batch;
-use crate::error::Result;
+use crate::error::{CovfError, Result};
 use crate::models::PreActResNet;
 use crate::rng::Rng;
+
+/// `--method atta`.
+pub struct Atta;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttaConfig {
+    pub steps: usize,
+    pub alpha: f32,
+    pub reset: usize,
+}
+
+impl Method for Atta {
+    type Config = AttaConfig;
+    const NAME: &'static str = "atta";
+    const HELP: &'static str = "ATTA-K (Zheng et al. 2020): per-example perturbations accumulated across epochs";
+    const DISPLAY: &'static str = "ATTA";
+    const FLAGS: &'static [Flag] = &[
+        STEPS,
+        alpha_flag("ε/4"),
+        Flag {
+            name: "atta-reset",
+            help: "ATTA: reset the stored perturbations every N epochs (0 = never)",
+            value: Some("N"),
+            default: "10",
+        },
+    ];
+
+    fn config(f: &Flags, d: &Defaults) -> Result<AttaConfig> {
+        Ok(AttaConfig {
+            steps: f.parse("steps")?.unwrap_or(10),
+            alpha: f.pixels("alpha")?.unwrap_or(quarter_eps(d)),
+            reset: f.parse("atta-reset")?.unwrap_or(10),
+        })
+    }
+
+    fn label(c: &AttaConfig) -> String {
+        format!("atta{}", c.steps)
+    }
+
+    fn display(label: &str) -> Option<String> {
+        counted(label, "atta").map(|k| format!("ATTA-{k}"))
+    }
+
+    fn flags_for_label(label: &str) -> Option<Flags> {
+        if label == "atta" {
+            return Some(Flags::default());
+        }
+        counted(label, "atta").map(|k| Flags::default().with("steps", k.to_string()))
+    }
+
+    fn alpha(c: &AttaConfig) -> Option<f32> {
+        Some(c.alpha)
+    }
+
+    fn validate(c: &AttaConfig) -> Result<()> {
+        positive_alpha(Self::NAME, c.alpha)?;
+        if c.steps == 0 {
+            return Err(CovfError::spec("atta", "steps must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// ATTA's code attacks with `model.eval()`.
+    fn attack_bn(_: &AttaConfig) -> AttackBn {
+        AttackBn::Eval
+    }
+
+    fn build(c: &AttaConfig, env: &MethodEnv) -> Result<Box<dyn TrainMethod>> {
+        Ok(Box::new(AttaTraining::new(env, c.steps, c.alpha, c.reset)?))
+    }
+
+    /// PGD-K from δ = 0 (its store starts at 0.001·N(0, 1)).
+    fn generator(c: &AttaConfig, eps: f32, _: &Meta) -> Result<Generator> {
+        Ok(Generator::Pgd {
+            eps,
+            alpha: c.alpha,
+            steps: c.steps,
+            random_start: false,
+        })
+    }
+}
 
 /// Scale of the random values ATTA starts (and restarts) every stored perturbation from.
 const INIT_STD: f32 = 0.001;
@@ -43,10 +127,6 @@ impl AttaTraining {
 }
 
 impl TrainMethod for AttaTraining {
-    fn name(&self) -> String {
-        format!("atta{}", self.steps)
-    }
-
     fn alpha(&self) -> f32 {
         self.alpha
     }

@@ -1,17 +1,43 @@
 //! Standard (non-adversarial) training: the clean baseline, and the cost floor every method is compared against.
 
-use super::{StepCtx, StepStats, TrainMethod};
+use serde::{Deserialize, Serialize};
+
+use super::method::{Defaults, Flags, Meta, Method};
+use super::{MethodEnv, StepCtx, StepStats, TrainMethod};
+use crate::attacks::Generator;
 use crate::data::Batch;
 use crate::error::Result;
 use crate::models::{Classifier, Mode, PreActResNet};
 
+/// `--method clean`.
+pub struct Clean;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CleanConfig {}
+
+impl Method for Clean {
+    type Config = CleanConfig;
+    const NAME: &'static str = "clean";
+    const HELP: &'static str = "Standard training, no perturbation (the non-robust baseline)";
+    const DISPLAY: &'static str = "Standard";
+
+    fn config(_: &Flags, _: &Defaults) -> Result<CleanConfig> {
+        Ok(CleanConfig {})
+    }
+
+    fn build(_: &CleanConfig, _: &MethodEnv) -> Result<Box<dyn TrainMethod>> {
+        Ok(Box::new(CleanTraining))
+    }
+
+    /// No generator: δ = 0.
+    fn generator(_: &CleanConfig, _: f32, _: &Meta) -> Result<Generator> {
+        Ok(Generator::Zero)
+    }
+}
+
 pub struct CleanTraining;
 
 impl TrainMethod for CleanTraining {
-    fn name(&self) -> String {
-        "clean".into()
-    }
-
     fn alpha(&self) -> f32 {
         0.0
     }

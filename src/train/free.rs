@@ -2,17 +2,88 @@
 //! is replayed m times (m = 8 by default); every replay's single backward pass gives both the weight
 //! gradient (one SGD step) and the input gradient (one ε-sized signed step on δ). δ is carried across
 //! replays, minibatches and epochs. The run's epochs are passes over the data, the requested epoch
-//! budget divided by m, so the cost matches m fewer FGSM-like epochs (cli/train.rs does the division).
+//! budget divided by m, so the cost matches m fewer FGSM-like epochs (`Method::epochs` below does the division).
 
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{Tensor, Var};
 
-use super::{StepCtx, StepStats, TrainMethod};
-use crate::attacks::project;
+use serde::{Deserialize, Serialize};
+
+use super::method::{counted, Defaults, Flag, Flags, Meta, Method};
+use super::{MethodEnv, StepCtx, StepStats, TrainMethod};
+use crate::attacks::{project, Generator};
 use crate::data::Batch;
-use crate::error::Result;
+use crate::error::{CovfError, Result};
 use crate::models::{Classifier, Mode, PreActResNet};
+
+/// `--method free`.
+pub struct Free;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FreeConfig {
+    pub replays: usize,
+}
+
+impl Method for Free {
+    type Config = FreeConfig;
+    const NAME: &'static str = "free";
+    const HELP: &'static str = "Free-m (Shafahi et al. 2019): minibatch replays; epochs divided by m";
+    const DISPLAY: &'static str = "Free";
+    const COLOUR: Option<usize> = Some(6);
+    const FLAGS: &'static [Flag] = &[Flag {
+        name: "replays",
+        help: "Free: replays m of each minibatch; the epoch budget is divided by m (rounded up) for equal cost",
+        value: Some("M"),
+        default: "8",
+    }];
+
+    fn config(f: &Flags, _: &Defaults) -> Result<FreeConfig> {
+        Ok(FreeConfig {
+            replays: f.parse("replays")?.unwrap_or(8),
+        })
+    }
+
+    fn label(c: &FreeConfig) -> String {
+        format!("free{}", c.replays)
+    }
+
+    fn display(label: &str) -> Option<String> {
+        counted(label, "free").map(|k| format!("Free-{k}"))
+    }
+
+    fn flags_for_label(label: &str) -> Option<Flags> {
+        if label == "free" {
+            return Some(Flags::default());
+        }
+        counted(label, "free").map(|k| Flags::default().with("replays", k.to_string()))
+    }
+
+    fn validate(c: &FreeConfig) -> Result<()> {
+        if c.replays == 0 {
+            return Err(CovfError::spec("free", "replays must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Free replays every minibatch m times: m times fewer passes cost the same as the other methods' epochs.
+    fn epochs(c: &FreeConfig, requested: usize) -> usize {
+        requested.div_ceil(c.replays.max(1))
+    }
+
+    fn build(c: &FreeConfig, env: &MethodEnv) -> Result<Box<dyn TrainMethod>> {
+        Ok(Box::new(FreeTraining::new(env.eps, c.replays)))
+    }
+
+    /// FGSM with step ε: a fresh example's carried δ is 0.
+    fn generator(_: &FreeConfig, eps: f32, _: &Meta) -> Result<Generator> {
+        Ok(Generator::Step {
+            eps,
+            alpha: eps,
+            start: 0.0,
+        })
+    }
+}
 
 pub struct FreeTraining {
     eps: f32,
@@ -53,10 +124,6 @@ impl FreeTraining {
 }
 
 impl TrainMethod for FreeTraining {
-    fn name(&self) -> String {
-        format!("free{}", self.replays)
-    }
-
     fn alpha(&self) -> f32 {
         self.eps
     }

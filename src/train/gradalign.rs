@@ -17,11 +17,116 @@
 
 use candle_core::{Tensor, D};
 
-use super::{StepCtx, StepStats, TrainMethod};
-use crate::attacks::{input_grad, per_sample_ce, project, uniform_start};
+use serde::{Deserialize, Serialize};
+
+use super::method::{Defaults, Flag, Flags, Meta, Method};
+use super::{MethodEnv, StepCtx, StepStats, TrainMethod};
+use crate::attacks::{input_grad, per_sample_ce, project, uniform_start, Generator};
 use crate::data::Batch;
-use crate::error::Result;
+use crate::error::{CovfError, Result};
 use crate::models::{Classifier, Mode, PreActResNet};
+use crate::optim::Precision;
+
+/// `--method gradalign`.
+pub struct GradAlign;
+
+/// The alignment gradient by finite differences of radius `fd_radius`. As the reference, ∇x L(x) is held
+/// fixed and only ∇x L(x + η) is differentiated; `through_clean` differentiates both, as the paper's
+/// formula reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GradAlignConfig {
+    pub lambda: f32,
+    pub fd_radius: f32,
+    /// Runs whose run.json predates the choice differentiated both gradients.
+    #[serde(default = "differentiated_both")]
+    pub through_clean: bool,
+}
+
+fn differentiated_both() -> bool {
+    true
+}
+
+impl Method for GradAlign {
+    type Config = GradAlignConfig;
+    const NAME: &'static str = "gradalign";
+    const HELP: &'static str =
+        "FGSM + GradAlign (Andriushchenko & Flammarion 2020), finite-difference alignment gradient";
+    const DISPLAY: &'static str = "GradAlign";
+    const FLAGS: &'static [Flag] = &[
+        Flag {
+            name: "gradalign-lambda",
+            help: "GradAlign: weight λ of the gradient-alignment term",
+            value: Some("LAMBDA"),
+            default: "0.2",
+        },
+        Flag {
+            name: "fd-radius",
+            help: "GradAlign: radius of the finite-difference approximation of the alignment gradient",
+            value: Some("R"),
+            default: "0.01",
+        },
+        Flag {
+            name: "gradalign-through-clean",
+            help: "GradAlign: also differentiate through ∇x L(x), as the paper's formula reads (the reference \
+                   code detaches it, which is the default)",
+            value: None,
+            default: "",
+        },
+    ];
+
+    fn config(f: &Flags, _: &Defaults) -> Result<GradAlignConfig> {
+        Ok(GradAlignConfig {
+            lambda: f.parse("gradalign-lambda")?.unwrap_or(0.2),
+            fd_radius: f.parse("fd-radius")?.unwrap_or(0.01),
+            through_clean: f.switch("gradalign-through-clean"),
+        })
+    }
+
+    fn validate(c: &GradAlignConfig) -> Result<()> {
+        if !(c.lambda >= 0.0 && c.fd_radius > 0.0) {
+            return Err(CovfError::spec(
+                "gradalign",
+                format!(
+                    "λ {} must be ≥ 0 and the finite-difference radius {} > 0",
+                    c.lambda, c.fd_radius
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_precision(_: &GradAlignConfig, p: Precision) -> Result<()> {
+        if p == Precision::F32 {
+            return Ok(());
+        }
+        Err(CovfError::spec(
+            "dtype",
+            format!(
+                "gradalign needs --dtype f32: its finite-difference alignment gradient subtracts two losses taken 2r \
+                 apart, and in {} that difference is rounding noise",
+                p.name()
+            ),
+        ))
+    }
+
+    fn build(c: &GradAlignConfig, env: &MethodEnv) -> Result<Box<dyn TrainMethod>> {
+        Ok(Box::new(GradAlignTraining::new(
+            env.eps,
+            c.lambda,
+            c.fd_radius,
+            c.through_clean,
+        )))
+    }
+
+    /// FGSM, zero start, step ε: the regulariser changes the model, not the perturbation.
+    fn generator(_: &GradAlignConfig, eps: f32, _: &Meta) -> Result<Generator> {
+        Ok(Generator::Step {
+            eps,
+            alpha: eps,
+            start: 0.0,
+        })
+    }
+}
 
 pub struct GradAlignTraining {
     eps: f32,
@@ -110,10 +215,6 @@ pub fn directional_fd(
 }
 
 impl TrainMethod for GradAlignTraining {
-    fn name(&self) -> String {
-        "gradalign".into()
-    }
-
     fn alpha(&self) -> f32 {
         self.eps
     }

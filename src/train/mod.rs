@@ -1,14 +1,17 @@
-//! Adversarial training: the `TrainMethod` trait, one file per method, and the one generic fit loop.
+//! Adversarial training methods: the `TrainMethod` step and the `Method` declaration, one file per method,
+//! and the registry that makes each one known to the rest of covf. The loop that runs them is `crate::fit`.
 
 pub mod apart;
 pub mod apart_simple;
 pub mod atta;
 pub mod clean;
+pub mod elle;
+pub mod external;
 pub mod fgsm;
 pub mod fgsm_rs;
-pub mod fit;
 pub mod free;
 pub mod gradalign;
+pub mod method;
 pub mod nfgsm;
 pub mod per_example;
 pub mod pgd;
@@ -17,16 +20,85 @@ pub mod sfgsm;
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
 
-use crate::run::MethodSpec;
-pub use fit::{fit, fit_or_reuse, FitOptions, FitSummary, Reuse};
+pub use method::{Defaults, Flag, Flags, Method, MethodDef, MethodSpec, Registered};
 
 use crate::attacks::{correct, per_sample_ce, Attack, AttackCtx};
 use crate::data::Batch;
-use crate::error::Result;
+use crate::error::{CovfError, Result};
 use crate::models::{Classifier, Mode, PreActResNet};
 use crate::optim::{Grads, LrSchedule, Sgd};
 use crate::rng::Rng;
+
+/// Every method covf knows, in the order `covf train --help` lists them. A new method is its file and
+/// one line here.
+pub static METHODS: &[&dyn MethodDef] = &[
+    &Registered::<clean::Clean>::new(),
+    &Registered::<fgsm::Fgsm>::new(),
+    &Registered::<fgsm_rs::FgsmRs>::new(),
+    &Registered::<pgd::Pgd>::new(),
+    &Registered::<free::Free>::new(),
+    &Registered::<atta::Atta>::new(),
+    &Registered::<sfgsm::Sfgsm>::new(),
+    &Registered::<apart_simple::ApartSimple>::new(),
+    &Registered::<apart::Apart>::new(),
+    &Registered::<gradalign::GradAlign>::new(),
+    &Registered::<nfgsm::Nfgsm>::new(),
+    &Registered::<elle::Elle>::new(),
+    &Registered::<external::External>::new(),
+];
+
+/// Batch norm while a training method generates its perturbation (the update pass always uses batch
+/// statistics and updates the running ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttackBn {
+    /// Batch statistics, running statistics left alone: what the evaluated model sees does not depend on
+    /// the number of attack steps (covf before the fidelity issue, and runs whose run.json predates it).
+    Batch,
+    /// PyTorch's train mode: batch statistics, and every attack forward also updates the running
+    /// statistics (fast_adversarial, APART, GradAlign, N-FGSM, S+FGSM's FGSM-RS step).
+    Train,
+    /// Running statistics (ATTA's `model.eval()` in its attack).
+    Eval,
+}
+
+impl AttackBn {
+    pub fn parse(s: &str) -> Result<AttackBn> {
+        match s {
+            "batch" => Ok(AttackBn::Batch),
+            "train" => Ok(AttackBn::Train),
+            "eval" => Ok(AttackBn::Eval),
+            _ => Err(CovfError::spec(
+                "attack batch norm",
+                format!("'{s}': use train, batch or eval"),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AttackBn::Batch => "batch",
+            AttackBn::Train => "train",
+            AttackBn::Eval => "eval",
+        }
+    }
+
+    /// The batch-norm mode of the attack's forward passes.
+    pub fn mode(self) -> Mode {
+        match self {
+            AttackBn::Batch => Mode::ATTACK,
+            AttackBn::Train => Mode::TRAIN,
+            AttackBn::Eval => Mode::EVAL,
+        }
+    }
+
+    /// Runs written before the choice existed attacked with batch statistics.
+    pub fn legacy() -> AttackBn {
+        AttackBn::Batch
+    }
+}
 
 /// What a method may use in one step; the fit loop owns the schedule and hands over the current rate.
 pub struct StepCtx<'a> {
@@ -133,7 +205,6 @@ impl StepStats {
 
 /// A training method: given the model and a batch, update the model once (or more) and report.
 pub trait TrainMethod {
-    fn name(&self) -> String;
     /// The input step size α (pixel units), recorded in checkpoint metadata.
     fn alpha(&self) -> f32;
     fn step(&mut self, model: &PreActResNet, batch: &Batch, ctx: &mut StepCtx) -> Result<StepStats>;
@@ -206,45 +277,12 @@ pub fn descend(
     }
 }
 
-/// The method named by a spec.
-pub fn build_method(spec: &MethodSpec, env: &MethodEnv) -> Result<Box<dyn TrainMethod>> {
-    let eps = env.eps;
-    Ok(match spec {
-        MethodSpec::Clean => Box::new(clean::CleanTraining),
-        MethodSpec::Fgsm { alpha } => Box::new(fgsm::FgsmTraining::new(eps, *alpha)),
-        MethodSpec::FgsmRs { alpha } => Box::new(fgsm_rs::FgsmRsTraining::new(eps, *alpha)),
-        MethodSpec::Pgd { steps, alpha, restarts } => Box::new(pgd::PgdTraining::new(eps, *alpha, *steps, *restarts)),
-        MethodSpec::Free { replays } => Box::new(free::FreeTraining::new(eps, *replays)),
-        MethodSpec::Atta { steps, alpha, reset } => Box::new(atta::AttaTraining::new(env, *steps, *alpha, *reset)?),
-        MethodSpec::Sfgsm { alpha, checkpoints } => Box::new(sfgsm::SfgsmTraining::new(eps, *alpha, *checkpoints)),
-        MethodSpec::Apart(cfg) => Box::new(apart::ApartTraining::new(env, cfg.clone())?),
-        MethodSpec::ApartSimple(cfg) => Box::new(apart_simple::ApartSimpleTraining::new(env, cfg.clone())?),
-        MethodSpec::GradAlign {
-            lambda,
-            fd_radius,
-            through_clean,
-        } => Box::new(gradalign::GradAlignTraining::new(
-            eps,
-            *lambda,
-            *fd_radius,
-            *through_clean,
-        )),
-        MethodSpec::Nfgsm { alpha, noise } => Box::new(nfgsm::NfgsmTraining::new(eps, *alpha, *noise)),
-        MethodSpec::External { label } => {
-            return Err(crate::CovfError::spec(
-                "method",
-                format!("'{label}' is a model covf did not train: there is no training method to build"),
-            ))
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::data::{AugParams, DatasetKind};
     use crate::models::{self, ArchSpec};
-    use crate::run::{ApartConfig, AttackBn};
+    use apart::ApartConfig;
     use candle_core::{DType, Device};
 
     fn apart_cfg(layerwise: bool, learned_init: bool) -> ApartConfig {
@@ -261,41 +299,48 @@ mod tests {
         }
     }
 
+    fn fgsm_spec() -> MethodSpec {
+        MethodSpec::new::<fgsm::Fgsm>(fgsm::FgsmConfig { alpha: 0.1 })
+    }
+
+    fn pgd3_spec() -> MethodSpec {
+        MethodSpec::new::<pgd::Pgd>(pgd::PgdConfig {
+            steps: 3,
+            alpha: 0.04,
+            restarts: 1,
+        })
+    }
+
     fn all_methods() -> Vec<MethodSpec> {
+        let gradalign = |through_clean| {
+            MethodSpec::new::<gradalign::GradAlign>(gradalign::GradAlignConfig {
+                lambda: 0.5,
+                fd_radius: 0.01,
+                through_clean,
+            })
+        };
         vec![
-            MethodSpec::Clean,
-            MethodSpec::Fgsm { alpha: 0.1 },
-            MethodSpec::FgsmRs { alpha: 0.125 },
-            MethodSpec::Pgd {
-                steps: 3,
-                alpha: 0.04,
-                restarts: 1,
-            },
-            MethodSpec::Free { replays: 3 },
-            MethodSpec::Atta {
+            MethodSpec::new::<clean::Clean>(clean::CleanConfig {}),
+            fgsm_spec(),
+            MethodSpec::new::<fgsm_rs::FgsmRs>(fgsm_rs::FgsmRsConfig { alpha: 0.125 }),
+            pgd3_spec(),
+            MethodSpec::new::<free::Free>(free::FreeConfig { replays: 3 }),
+            MethodSpec::new::<atta::Atta>(atta::AttaConfig {
                 steps: 2,
                 alpha: 0.04,
                 reset: 10,
-            },
-            MethodSpec::Sfgsm {
+            }),
+            MethodSpec::new::<sfgsm::Sfgsm>(sfgsm::SfgsmConfig {
                 alpha: 0.125,
                 checkpoints: 3,
-            },
-            MethodSpec::Apart(apart_cfg(true, true)),
-            MethodSpec::Apart(apart_cfg(false, true)),
-            MethodSpec::Apart(apart_cfg(true, false)),
-            MethodSpec::ApartSimple(apart_cfg(true, true)),
-            MethodSpec::GradAlign {
-                lambda: 0.5,
-                fd_radius: 0.01,
-                through_clean: false,
-            },
-            MethodSpec::GradAlign {
-                lambda: 0.5,
-                fd_radius: 0.01,
-                through_clean: true,
-            },
-            MethodSpec::Nfgsm { alpha: 0.1, noise: 2.0 },
+            }),
+            MethodSpec::new::<apart::Apart>(apart_cfg(true, true)),
+            MethodSpec::new::<apart::Apart>(apart_cfg(false, true)),
+            MethodSpec::new::<apart::Apart>(apart_cfg(true, false)),
+            MethodSpec::new::<apart_simple::ApartSimple>(apart_cfg(true, true)),
+            gradalign(false),
+            gradalign(true),
+            MethodSpec::new::<nfgsm::Nfgsm>(nfgsm::NfgsmConfig { alpha: 0.1, noise: 2.0 }),
         ]
     }
 
@@ -375,7 +420,7 @@ mod tests {
         for spec in all_methods() {
             let s = setup(32);
             let mut opt = Sgd::new(s.store.trainable(), 0.9, 0.0);
-            let mut m = build_method(&spec, &s.env).unwrap();
+            let mut m = spec.build(&s.env).unwrap();
             let before = clean_loss(&s);
             let stats = steps(&s, m.as_mut(), &mut opt, 4);
             let after = clean_loss(&s);
@@ -425,10 +470,7 @@ mod tests {
                 .fold(0f32, f32::max);
             assert!(worst < tol && worst > 0.0, "{}: max |Δlogit| {worst}", p.name());
 
-            for spec in [
-                MethodSpec::Fgsm { alpha: 0.1 },
-                MethodSpec::Apart(apart_cfg(true, true)),
-            ] {
+            for spec in [fgsm_spec(), MethodSpec::new::<apart::Apart>(apart_cfg(true, true))] {
                 let s = setup(32);
                 let half = Setup {
                     model: s.model.clone().with_compute_dtype(p.dtype()),
@@ -438,7 +480,7 @@ mod tests {
                 if p.needs_loss_scaling() {
                     opt = opt.with_loss_scaling(LossScaler::default());
                 }
-                let mut m = build_method(&spec, &s.env).unwrap();
+                let mut m = spec.build(&s.env).unwrap();
                 let before = clean_loss(&s);
                 steps(&half, m.as_mut(), &mut opt, 4);
                 let after = clean_loss(&s);
@@ -464,17 +506,7 @@ mod tests {
             let c = s.store.get("layer1.0.bn1.num_batches_tracked").unwrap();
             c.as_tensor().to_scalar::<i64>().unwrap()
         };
-        for (spec, attack_forwards) in [
-            (MethodSpec::Fgsm { alpha: 0.1 }, 1),
-            (
-                MethodSpec::Pgd {
-                    steps: 3,
-                    alpha: 0.04,
-                    restarts: 1,
-                },
-                3,
-            ),
-        ] {
+        for (spec, attack_forwards) in [(fgsm_spec(), 1), (pgd3_spec(), 3)] {
             let mut losses = Vec::new();
             for (bn, per_step) in [
                 (AttackBn::Train, 1 + attack_forwards),
@@ -483,7 +515,7 @@ mod tests {
             ] {
                 let s = setup(16);
                 let mut opt = Sgd::new(s.store.trainable(), 0.9, 0.0);
-                let mut m = build_method(&spec, &s.env).unwrap();
+                let mut m = spec.build(&s.env).unwrap();
                 let st = steps_in(&s, m.as_mut(), &mut opt, 2, bn.mode());
                 assert_eq!(counter(&s), 2 * per_step, "{} {}", spec.label(), bn.name());
                 losses.push(st[0].loss_adv_sum);

@@ -6,11 +6,75 @@
 
 use candle_core::Tensor;
 
-use super::{descend, StepCtx, StepStats, TrainMethod};
-use crate::attacks::input_grad;
+use serde::{Deserialize, Serialize};
+
+use super::method::{alpha_flag, positive_alpha, Defaults, Flag, Flags, Meta, Method};
+use super::{descend, MethodEnv, StepCtx, StepStats, TrainMethod};
+use crate::attacks::{input_grad, Generator};
 use crate::data::Batch;
-use crate::error::Result;
+use crate::error::{CovfError, Result};
 use crate::models::{Classifier, PreActResNet};
+
+/// `--method nfgsm`.
+pub struct Nfgsm;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NfgsmConfig {
+    pub alpha: f32,
+    pub noise: f32,
+}
+
+impl Method for Nfgsm {
+    type Config = NfgsmConfig;
+    const NAME: &'static str = "nfgsm";
+    const HELP: &'static str = "N-FGSM (de Jorge et al. 2022): noise 2ε, step ε, no projection";
+    const DISPLAY: &'static str = "N-FGSM";
+    const FLAGS: &'static [Flag] = &[
+        alpha_flag("ε"),
+        Flag {
+            name: "nfgsm-noise",
+            help: "N-FGSM: noise magnitude k (δ0 ~ U(−kε, kε))",
+            value: Some("K"),
+            default: "2",
+        },
+    ];
+
+    fn config(f: &Flags, d: &Defaults) -> Result<NfgsmConfig> {
+        Ok(NfgsmConfig {
+            alpha: f.pixels("alpha")?.unwrap_or(d.eps.value),
+            noise: f.parse("nfgsm-noise")?.unwrap_or(2.0),
+        })
+    }
+
+    fn alpha(c: &NfgsmConfig) -> Option<f32> {
+        Some(c.alpha)
+    }
+
+    fn validate(c: &NfgsmConfig) -> Result<()> {
+        positive_alpha(Self::NAME, c.alpha)?;
+        if !(c.noise >= 0.0 && c.noise.is_finite()) {
+            return Err(CovfError::spec(
+                "nfgsm",
+                format!("noise multiplier {} must be ≥ 0", c.noise),
+            ));
+        }
+        Ok(())
+    }
+
+    fn build(c: &NfgsmConfig, env: &MethodEnv) -> Result<Box<dyn TrainMethod>> {
+        Ok(Box::new(NfgsmTraining::new(env.eps, c.alpha, c.noise)))
+    }
+
+    /// Noise U(−kε, kε), one step α, then projected onto the ε-ball so that every generator is compared
+    /// within the same budget (training itself does not project).
+    fn generator(c: &NfgsmConfig, eps: f32, _: &Meta) -> Result<Generator> {
+        Ok(Generator::Step {
+            eps,
+            alpha: c.alpha,
+            start: c.noise,
+        })
+    }
+}
 
 pub struct NfgsmTraining {
     eps: f32,
@@ -35,10 +99,6 @@ impl NfgsmTraining {
 }
 
 impl TrainMethod for NfgsmTraining {
-    fn name(&self) -> String {
-        "nfgsm".into()
-    }
-
     fn alpha(&self) -> f32 {
         self.alpha
     }

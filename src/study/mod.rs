@@ -3,6 +3,8 @@
 //! training resumes from the last complete epoch and analyses read their cache, so an interrupted study
 //! rerun with the same spec continues where it stopped.
 
+pub mod file;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -12,10 +14,10 @@ use serde::Serialize;
 use crate::analysis::co::CoCriteria;
 use crate::analysis::{self, tidy, AnalysisCtx, EpochRef, Images};
 use crate::error::{CovfError, Result};
+use crate::fit::{fit_or_reuse, Reuse};
 use crate::run::checkpoint::{atomic_write, RunDir};
 use crate::run::spec::validate_run_name;
 use crate::run::TrainSpec;
-use crate::train::{fit_or_reuse, Reuse};
 
 /// One run of the study, under the id the spec's analyses use.
 #[derive(Debug, Clone, PartialEq)]

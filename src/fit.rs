@@ -11,7 +11,6 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{build_method, MethodEnv, StepCtx, StepStats, TrainMethod};
 use crate::attacks::{correct, Attack, AttackCtx, Fgsm, Pgd};
 use crate::data::{self, Batch, Dataset};
 use crate::error::{CovfError, Result};
@@ -23,6 +22,7 @@ use crate::run::checkpoint::{self, Checkpoint, RunDir};
 use crate::run::metrics::{self, EpochRecord};
 use crate::run::sets::{load_data, train_image_positions, IMAGE_IDS, TRAIN_IMAGES_KEPT};
 use crate::run::TrainSpec;
+use crate::train::{MethodEnv, StepCtx, StepStats, TrainMethod};
 
 #[derive(Debug, Clone, Default)]
 pub struct FitOptions {
@@ -306,17 +306,14 @@ impl<'a> Trainer<'a> {
         if spec.precision.needs_loss_scaling() {
             opt = opt.with_loss_scaling(LossScaler::default());
         }
-        let mut method = build_method(
-            &spec.method,
-            &MethodEnv {
-                eps: spec.eps.value,
-                n_train: train.len(),
-                shape: spec.dataset.shape(),
-                pad: spec.augment.pad,
-                seed: spec.seed,
-                epochs: spec.epochs,
-            },
-        )?;
+        let mut method = spec.method.build(&MethodEnv {
+            eps: spec.eps.value,
+            n_train: train.len(),
+            shape: spec.dataset.shape(),
+            pad: spec.augment.pad,
+            seed: spec.seed,
+            epochs: spec.epochs,
+        })?;
         let kept_positions = train_image_positions(&train, TRAIN_IMAGES_KEPT);
 
         let resumed = if opts.resume && run.exists() {
