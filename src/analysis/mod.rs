@@ -4,15 +4,14 @@
 //! the checkpoints it reads and its parameters, so a rerun is near-free.
 
 pub use crate::run::cache;
+pub use crate::run::table as tidy;
 pub mod co;
 pub mod curves;
-mod derive;
 pub mod gap;
 pub mod generator;
 pub mod perturbations;
 pub mod random;
 pub mod steps;
-pub mod tidy;
 pub mod tradeoff;
 pub mod transfer;
 

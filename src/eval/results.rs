@@ -6,11 +6,13 @@ use std::path::Path;
 
 use polars::prelude::*;
 
-use crate::error::{CovfError, Result};
-use crate::run::checkpoint::atomic_write;
-use crate::run::metrics::{col_f64, col_str, col_u64};
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq)]
+use crate::error::{CovfError, Result};
+use crate::run::metrics::{col_f64, col_str, col_u64};
+use crate::run::table;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalRow {
     pub run: String,
     pub method: String,
@@ -32,55 +34,12 @@ impl EvalRow {
 }
 
 /// A gradient-masking (or sanity) flag raised while evaluating.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckRow {
     pub run: String,
     pub epoch: usize,
     pub check: String,
     pub message: String,
-}
-
-fn strings<T>(rows: &[T], f: impl Fn(&T) -> String) -> Vec<String> {
-    rows.iter().map(f).collect()
-}
-
-pub fn rows_frame(rows: &[EvalRow]) -> Result<DataFrame> {
-    let cols = vec![
-        Column::new("run".into(), strings(rows, |r| r.run.clone())),
-        Column::new("method".into(), strings(rows, |r| r.method.clone())),
-        Column::new("epoch".into(), rows.iter().map(|r| r.epoch as u64).collect::<Vec<_>>()),
-        Column::new("attack".into(), strings(rows, |r| r.attack.clone())),
-        Column::new("eps".into(), rows.iter().map(|r| r.eps).collect::<Vec<_>>()),
-        Column::new("n".into(), rows.iter().map(|r| r.n as u64).collect::<Vec<_>>()),
-        Column::new(
-            "correct".into(),
-            rows.iter().map(|r| r.correct as u64).collect::<Vec<_>>(),
-        ),
-        Column::new("accuracy".into(), rows.iter().map(|r| r.accuracy).collect::<Vec<_>>()),
-        Column::new("seconds".into(), rows.iter().map(|r| r.seconds).collect::<Vec<_>>()),
-        Column::new("seed".into(), rows.iter().map(|r| r.seed).collect::<Vec<_>>()),
-    ];
-    Ok(DataFrame::new(rows.len(), cols)?)
-}
-
-pub fn checks_frame(rows: &[CheckRow]) -> Result<DataFrame> {
-    let cols = vec![
-        Column::new("run".into(), strings(rows, |r| r.run.clone())),
-        Column::new("epoch".into(), rows.iter().map(|r| r.epoch as u64).collect::<Vec<_>>()),
-        Column::new("check".into(), strings(rows, |r| r.check.clone())),
-        Column::new("message".into(), strings(rows, |r| r.message.clone())),
-    ];
-    Ok(DataFrame::new(rows.len(), cols)?)
-}
-
-fn write_frame(dir: &Path, stem: &str, mut df: DataFrame) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| CovfError::io(dir, e))?;
-    let mut pq: Vec<u8> = Vec::new();
-    ParquetWriter::new(&mut pq).finish(&mut df)?;
-    atomic_write(&dir.join(format!("{stem}.parquet")), &pq)?;
-    let mut csv: Vec<u8> = Vec::new();
-    CsvWriter::new(&mut csv).include_header(true).finish(&mut df)?;
-    atomic_write(&dir.join(format!("{stem}.csv")), &csv)
 }
 
 fn read_frame(path: &Path) -> Result<Option<DataFrame>> {
@@ -142,7 +101,7 @@ pub fn merge_rows(dir: &Path, new: &[EvalRow]) -> Result<Vec<EvalRow>> {
         }
     }
     rows.sort_by_key(|r| r.epoch);
-    write_frame(dir, "results", rows_frame(&rows)?)?;
+    table::write(dir, "results", &rows)?;
     Ok(rows)
 }
 
@@ -171,7 +130,7 @@ pub fn merge_checks(dir: &Path, epochs: &[usize], new: &[CheckRow]) -> Result<()
     rows.retain(|r| !epochs.contains(&r.epoch));
     rows.extend(new.iter().cloned());
     rows.sort_by_key(|r| r.epoch);
-    write_frame(dir, "checks", checks_frame(&rows)?)
+    table::write(dir, "checks", &rows)
 }
 
 #[cfg(test)]

@@ -163,7 +163,7 @@ impl StudyTables {
         self.dir.join(format!("{table}.parquet")).is_file()
     }
 
-    fn read(&self, table: &str) -> Result<(DataFrame, std::path::PathBuf)> {
+    fn path_of(&self, table: &str) -> Result<std::path::PathBuf> {
         let path = self.dir.join(format!("{table}.parquet"));
         if !path.is_file() {
             return Err(CovfError::data(
@@ -174,7 +174,40 @@ impl StudyTables {
                 ),
             ));
         }
+        Ok(path)
+    }
+
+    fn read(&self, table: &str) -> Result<(DataFrame, std::path::PathBuf)> {
+        let path = self.path_of(table)?;
         Ok((tidy::read(&self.dir, table)?, path))
+    }
+
+    fn scan(&self, table: &str) -> Result<(LazyFrame, std::path::PathBuf)> {
+        let path = self.path_of(table)?;
+        let text = path
+            .to_str()
+            .ok_or_else(|| CovfError::data(&path, "the path is not UTF-8"))?;
+        let lf = LazyFrame::scan_parquet(PlRefPath::new(text), ScanArgsParquet::default())
+            .map_err(|e| CovfError::data(&path, format!("unreadable table: {e}")))?;
+        Ok((lf, path))
+    }
+
+    fn has_column(&self, table: &str, column: &str) -> Result<bool> {
+        let (mut lf, path) = self.scan(table)?;
+        let schema = lf
+            .collect_schema()
+            .map_err(|e| CovfError::data(&path, format!("unreadable table: {e}")))?;
+        Ok(schema.contains(column))
+    }
+
+    /// The rows of `table` whose `column` is `value`: a lazy scan, so the filter runs as the file is read.
+    fn read_where(&self, table: &str, column: &str, value: &str) -> Result<(DataFrame, std::path::PathBuf)> {
+        let (lf, path) = self.scan(table)?;
+        let df = lf
+            .filter(col(column).eq(lit(value)))
+            .collect()
+            .map_err(|e| CovfError::data(&path, format!("unreadable table: {e}")))?;
+        Ok((df, path))
     }
 
     /// CO epochs per run from `co.parquet`, when the study has one.
@@ -210,18 +243,17 @@ impl StudyTables {
 
     /// A metric of `curves.parquet` per epoch, one series per run (optionally only some methods).
     pub fn curve(&self, metric: &str, methods: Option<&[&str]>) -> Result<Vec<Series>> {
-        let (df, p) = self.read("curves")?;
-        let (runs, ms, ep, metric_col, val) = (
+        let (df, p) = self.read_where("curves", "metric", metric)?;
+        let (runs, ms, ep, val) = (
             strs(&df, "run", &p)?,
             strs(&df, "method", &p)?,
             u64s(&df, "epoch", &p)?,
-            strs(&df, "metric", &p)?,
             f64s(&df, "value", &p)?,
         );
         let mut keys = Vec::new();
         let (mut xs, mut ys) = (Vec::new(), Vec::new());
         for i in 0..runs.len() {
-            if metric_col[i] != metric || methods.is_some_and(|m| !m.contains(&ms[i].as_str())) {
+            if methods.is_some_and(|m| !m.contains(&ms[i].as_str())) {
                 continue;
             }
             keys.push((runs[i].clone(), ms[i].clone()));
@@ -260,22 +292,19 @@ impl StudyTables {
     /// Transfer strength of the rows from one generator (`fgsm`: Figure 2a; `own`: the methods' own
     /// generators, figure `2a-own`). Tables from before the `generator` column hold own-generator rows.
     pub fn transfer_chart(&self, source: Source) -> Result<LineChart> {
-        let (df, p) = self.read("transfer")?;
-        let keep: Vec<bool> = if df.column("attack").is_ok() {
-            strs(&df, "generator", &p)?.iter().map(|g| g == source.name()).collect()
+        let (df, p) = if self.has_column("transfer", "generator")? {
+            self.read_where("transfer", "generator", source.name())?
         } else {
-            vec![source == Source::Own; df.height()]
+            let (df, p) = self.read("transfer")?;
+            (if source == Source::Own { df } else { df.head(Some(0)) }, p)
         };
-        let pick = |v: Vec<String>| -> Vec<String> { v.into_iter().zip(&keep).filter(|x| *x.1).map(|x| x.0).collect() };
-        let pick_u = |v: Vec<u64>| -> Vec<u64> { v.into_iter().zip(&keep).filter(|x| *x.1).map(|x| x.0).collect() };
-        let pick_f = |v: Vec<f64>| -> Vec<f64> { v.into_iter().zip(&keep).filter(|x| *x.1).map(|x| x.0).collect() };
         let (runs, ms, ep, acc, random, reference) = (
-            pick(strs(&df, "run", &p)?),
-            pick(strs(&df, "method", &p)?),
-            pick_u(u64s(&df, "epoch", &p)?),
-            pick_f(f64s(&df, "acc_ref", &p)?),
-            pick_f(f64s(&df, "random_acc", &p)?),
-            pick(strs(&df, "reference", &p)?),
+            strs(&df, "run", &p)?,
+            strs(&df, "method", &p)?,
+            u64s(&df, "epoch", &p)?,
+            f64s(&df, "acc_ref", &p)?,
+            f64s(&df, "random_acc", &p)?,
+            strs(&df, "reference", &p)?,
         );
         let keys: Vec<(String, String)> = runs.iter().cloned().zip(ms.iter().cloned()).collect();
         let xs: Vec<f64> = ep.iter().map(|&e| e as f64).collect();

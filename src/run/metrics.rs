@@ -7,7 +7,6 @@ use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CovfError, Result};
-use crate::run::checkpoint::atomic_write;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochRecord {
@@ -56,32 +55,7 @@ const STEP_SIZES: &str = "step-sizes";
 
 /// Writes `step-sizes.parquet` and `step-sizes.csv` into `dir`, each atomically.
 pub fn write_step_sizes(dir: &Path, rows: &[StepSizeRow]) -> Result<()> {
-    let cols = vec![
-        Column::new(
-            "run".into(),
-            rows.iter().map(|r| r.run.clone()).collect::<Vec<String>>(),
-        ),
-        Column::new(
-            "method".into(),
-            rows.iter().map(|r| r.method.clone()).collect::<Vec<String>>(),
-        ),
-        Column::new(
-            "epoch".into(),
-            rows.iter().map(|r| r.epoch as u64).collect::<Vec<u64>>(),
-        ),
-        Column::new(
-            "layer".into(),
-            rows.iter().map(|r| r.layer.clone()).collect::<Vec<String>>(),
-        ),
-        Column::new("alpha".into(), rows.iter().map(|r| r.alpha).collect::<Vec<f64>>()),
-    ];
-    let mut df = DataFrame::new(rows.len(), cols)?;
-    let mut pq: Vec<u8> = Vec::new();
-    ParquetWriter::new(&mut pq).finish(&mut df)?;
-    atomic_write(&dir.join(format!("{STEP_SIZES}.parquet")), &pq)?;
-    let mut csv: Vec<u8> = Vec::new();
-    CsvWriter::new(&mut csv).include_header(true).finish(&mut df)?;
-    atomic_write(&dir.join(format!("{STEP_SIZES}.csv")), &csv)
+    super::table::write(dir, STEP_SIZES, rows)
 }
 
 /// The step-size rows of a run directory (none when the method learns no step sizes).
@@ -132,55 +106,9 @@ pub(crate) fn col_f64(df: &DataFrame, name: &str, path: &Path) -> Result<Vec<f64
     Ok(c.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
 }
 
-pub fn to_frame(records: &[EpochRecord]) -> Result<DataFrame> {
-    let n = records.len();
-    let f = |name: &str, get: &dyn Fn(&EpochRecord) -> f64| {
-        Column::new(name.into(), records.iter().map(get).collect::<Vec<f64>>())
-    };
-    let u = |name: &str, get: &dyn Fn(&EpochRecord) -> u64| {
-        Column::new(name.into(), records.iter().map(get).collect::<Vec<u64>>())
-    };
-    let cols = vec![
-        Column::new(
-            "run".into(),
-            records.iter().map(|r| r.run.clone()).collect::<Vec<String>>(),
-        ),
-        Column::new(
-            "method".into(),
-            records.iter().map(|r| r.method.clone()).collect::<Vec<String>>(),
-        ),
-        u("epoch", &|r| r.epoch as u64),
-        f("lr", &|r| r.lr),
-        f("train_loss_adv", &|r| r.train_loss_adv),
-        f("train_acc_adv", &|r| r.train_acc_adv),
-        f("train_loss_clean", &|r| r.train_loss_clean),
-        f("train_acc_clean", &|r| r.train_acc_clean),
-        f("test_acc_clean", &|r| r.test_acc_clean),
-        f("test_acc_fgsm", &|r| r.test_acc_fgsm),
-        f("test_acc_pgd", &|r| r.test_acc_pgd),
-        f("test_loss_pgd", &|r| r.test_loss_pgd),
-        u("pgd_steps", &|r| r.pgd_steps as u64),
-        u("test_n", &|r| r.test_n as u64),
-        f("co_probe_acc", &|r| r.co_probe_acc),
-        Column::new(
-            "co_flag".into(),
-            records.iter().map(|r| r.co_flag).collect::<Vec<bool>>(),
-        ),
-        f("epoch_seconds", &|r| r.epoch_seconds),
-        f("eval_seconds", &|r| r.eval_seconds),
-    ];
-    Ok(DataFrame::new(n, cols)?)
-}
-
 /// Writes `metrics.parquet` and `metrics.csv` into `dir`, each atomically.
 pub fn write(dir: &Path, records: &[EpochRecord]) -> Result<()> {
-    let mut df = to_frame(records)?;
-    let mut pq: Vec<u8> = Vec::new();
-    ParquetWriter::new(&mut pq).finish(&mut df)?;
-    atomic_write(&dir.join("metrics.parquet"), &pq)?;
-    let mut csv: Vec<u8> = Vec::new();
-    CsvWriter::new(&mut csv).include_header(true).finish(&mut df)?;
-    atomic_write(&dir.join("metrics.csv"), &csv)
+    super::table::write(dir, "metrics", records)
 }
 
 pub fn read_parquet(path: &Path) -> Result<DataFrame> {

@@ -9,6 +9,7 @@ pub mod model_file;
 pub mod sets;
 pub mod settings;
 pub mod spec;
+pub mod table;
 
 pub use checkpoint::{Checkpoint, RunDir};
 pub use sets::{load_model, DATA_SEED};

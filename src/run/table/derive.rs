@@ -7,7 +7,7 @@ use std::fmt;
 use serde::de::{self, DeserializeOwned, DeserializeSeed, MapAccess, Visitor};
 use serde::ser::{self, Impossible, Serialize, SerializeStruct};
 
-use super::tidy::{Cell, Kind};
+use super::{Cell, Kind};
 
 #[derive(Debug)]
 pub struct Unsupported(String);

@@ -1,15 +1,18 @@
-//! Tidy tables for the analyses: rows → a polars frame with typed columns, written as
-//! `<name>.parquet` (canonical) and `<name>.csv`, each atomically. A row type is any struct that derives
+//! Every table covf writes (a run's metrics and step sizes, `covf eval`'s results and checks, the analyses'
+//! tidy tables): rows → a polars frame with typed columns, written as `<name>.parquet` (canonical) and
+//! `<name>.csv`, each atomically. A row type is any struct that derives
 //! `Serialize` and `Deserialize`: its columns are its fields (derive.rs), never a hand-kept list.
 
 use std::path::Path;
+
+mod derive;
 
 use polars::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::checkpoint::atomic_write;
 use crate::error::{CovfError, Result};
-use crate::run::checkpoint::atomic_write;
 
 /// One value of a row; the column's type is its `Kind`.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,11 +39,11 @@ pub trait TidyRow: Serialize + DeserializeOwned {}
 impl<T: Serialize + DeserializeOwned> TidyRow for T {}
 
 pub fn frame<R: TidyRow>(rows: &[R]) -> Result<DataFrame> {
-    let bad_type = |e: super::derive::Unsupported| CovfError::spec("table row", e.to_string());
-    let schema = super::derive::schema::<R>().map_err(bad_type)?;
+    let bad_type = |e: derive::Unsupported| CovfError::spec("table row", e.to_string());
+    let schema = derive::schema::<R>().map_err(bad_type)?;
     let cells: Vec<Vec<Cell>> = rows
         .iter()
-        .map(super::derive::cells)
+        .map(derive::cells)
         .collect::<std::result::Result<_, _>>()
         .map_err(bad_type)?;
     let mut cols = Vec::with_capacity(schema.len());
@@ -142,7 +145,7 @@ mod tests {
     #[test]
     fn columns_come_from_the_fields_in_order() {
         assert_eq!(
-            super::super::derive::schema::<R>().unwrap(),
+            super::derive::schema::<R>().unwrap(),
             [
                 ("run", Kind::Str),
                 ("v", Kind::F64),
@@ -151,7 +154,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            super::super::derive::cells(&r("a", 0.5, None, Some(true))).unwrap(),
+            super::derive::cells(&r("a", 0.5, None, Some(true))).unwrap(),
             [
                 Cell::Str("a".into()),
                 Cell::F64(0.5),
@@ -163,7 +166,7 @@ mod tests {
         struct Nested {
             inner: Vec<u64>,
         }
-        assert!(super::super::derive::schema::<Nested>().is_err());
+        assert!(super::derive::schema::<Nested>().is_err());
         assert!(frame(&[Nested { inner: vec![1] }]).is_err());
     }
 
