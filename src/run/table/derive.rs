@@ -99,7 +99,9 @@ impl<'de> MapAccess<'de> for Fields<'_> {
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Unsupported> {
-        let name = self.fields[self.at];
+        let Some(&name) = self.fields.get(self.at) else {
+            return unsupported("a value without a field name");
+        };
         self.at += 1;
         let mut kind = None;
         let v = seed.deserialize(FieldTracer { kind: &mut kind })?;
