@@ -15,12 +15,12 @@
 #[path = "common.rs"]
 mod common;
 
-use covf::figures::{self, data::StudyTables};
+use covf::figures::{self, data::StudyTables, fig1, Figure};
 
 fn main() {
     let (dir, out) = common::study_dirs();
     let t = StudyTables::new(&out);
-    let grid = t.fig1a().unwrap_or_else(|e| common::missing(&out, e));
+    let grid = fig1::Fig1a::select(&t).unwrap_or_else(|e| common::missing(&out, e));
     println!("Figure 1a: run {}, ε = {}", grid.run, figures::data::trim(grid.eps));
     for row in &grid.rows {
         let preds: Vec<String> = row
@@ -33,7 +33,7 @@ fn main() {
     if let Some(e) = grid.co_epoch {
         println!("CO epoch of this run (from the co table): {e}");
     }
-    let curve = t.fig1b().unwrap_or_else(|e| common::missing(&out, e));
+    let curve = fig1::Fig1b::select(&t).unwrap_or_else(|e| common::missing(&out, e));
     for s in &curve.series {
         let v: Vec<String> = s.points.iter().map(|(x, y)| format!("{x}: {y:.1}%")).collect();
         println!("PGD-10 accuracy, {}: {}", s.label, v.join("  "));

@@ -18,12 +18,12 @@
 #[path = "common.rs"]
 mod common;
 
-use covf::figures::{self, data::StudyTables};
+use covf::figures::{self, data::StudyTables, fig2, Figure};
 
 fn main() {
     let (dir, out) = common::study_dirs();
     let t = StudyTables::new(&out);
-    let transfer = t.fig2a().unwrap_or_else(|e| common::missing(&out, e));
+    let transfer = fig2::Fig2a::select(&t).unwrap_or_else(|e| common::missing(&out, e));
     println!("{}", transfer.title);
     for s in &transfer.series {
         let v: Vec<String> = s.points.iter().map(|(x, y)| format!("{x}: {y:.1}%")).collect();

@@ -12,12 +12,12 @@
 #[path = "common.rs"]
 mod common;
 
-use covf::figures::{self, data::StudyTables};
+use covf::figures::{self, data::StudyTables, fig3, Figure};
 
 fn main() {
     let (dir, out) = common::study_dirs();
     let t = StudyTables::new(&out);
-    let c = t.fig3().unwrap_or_else(|e| common::missing(&out, e));
+    let c = fig3::Fig3::select(&t).unwrap_or_else(|e| common::missing(&out, e));
     for s in &c.series {
         let first = s.points.first().map_or(f64::NAN, |p| p.1);
         let last = s.points.last().map_or(f64::NAN, |p| p.1);

@@ -11,12 +11,12 @@
 #[path = "common.rs"]
 mod common;
 
-use covf::figures::{self, data::StudyTables};
+use covf::figures::{self, data::StudyTables, fig4, Figure};
 
 fn main() {
     let (dir, out) = common::study_dirs();
     let t = StudyTables::new(&out);
-    let c = t.fig4().unwrap_or_else(|e| common::missing(&out, e));
+    let c = fig4::Fig4::select(&t).unwrap_or_else(|e| common::missing(&out, e));
     println!("{}", c.title);
     for s in &c.series {
         for ((clean, robust), label) in s.points.iter().zip(&s.point_labels) {

@@ -19,7 +19,7 @@ fn main() {
     let t = figures::data::StudyTables::new(&out);
     for metric in ["train_acc_adv", "test_acc_pgd20"] {
         let series = t
-            .curve(metric, Some(&figures::FIG5_METHODS))
+            .curve(metric, Some(&figures::fig5::METHODS))
             .unwrap_or_else(|e| common::missing(&out, e));
         for s in &series {
             let v: Vec<String> = s.points.iter().map(|(x, y)| format!("{x}: {y:.1}%")).collect();

@@ -791,6 +791,37 @@ fn strs(df: &polars::prelude::DataFrame, col: &str) -> Vec<String> {
 }
 
 #[test]
+fn analyze_and_figures_offer_every_registered_analysis_and_figure() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = text(&covf_ok(&["analyze", "--help"], dir.path()));
+    for a in covf::analysis::ANALYSES {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{} ", a.name())))
+            .unwrap_or_else(|| panic!("{} missing from:\n{help}", a.name()));
+        assert!(line.contains(a.about().split_whitespace().next().unwrap()), "{line}");
+        let sub = text(&covf_ok(&["analyze", a.name(), "--help"], dir.path()));
+        for f in a.flags() {
+            assert!(
+                sub.contains(&format!("--{}", f.name)),
+                "{}: --{}\n{sub}",
+                a.name(),
+                f.name
+            );
+        }
+        assert_eq!(sub.contains("--ref <RUN[@EPOCH]>"), a.uses_reference(), "{sub}");
+        assert_eq!(sub.contains("--train-args"), a.trains(), "{sub}");
+    }
+    // A required flag of an analysis is named when missing (exit 2), before anything trains.
+    let o = covf_code(&["analyze", "tradeoff", "--eps-train", "0.1"], dir.path(), 2);
+    assert!(text(&o).contains("--methods"), "{}", text(&o));
+    let o = covf_code(&["figures", "--fig", "9z"], dir.path(), 2);
+    for f in covf::figures::FIGURES {
+        assert!(text(&o).contains(f.id()), "{}", text(&o));
+    }
+}
+
+#[test]
 fn analyze_measures_transfer_gap_curves_steps_and_the_co_verdict_with_a_cache() {
     require_fmnist();
     let dir = tempfile::tempdir().unwrap();

@@ -18,9 +18,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::gap::GapRow;
-use super::transfer::{Source, TransferRow};
-use crate::error::Result;
+use super::gap::{self, GapRow};
+use super::registry::{opt, value, Analysis, Flag, Flags, Job, Outcome};
+use super::tidy;
+use super::transfer::{self, Source, TransferRow};
+use crate::error::{CovfError, Result};
 use crate::run::checkpoint::RunDir;
 use crate::run::metrics::{col_f64, col_u64, read_parquet};
 
@@ -40,16 +42,74 @@ pub struct CoCriteria {
     pub strong_margin: f64,
 }
 
-impl Default for CoCriteria {
-    fn default() -> Self {
-        CoCriteria {
-            drop: 0.2,
-            gap_jump: 1.0,
-            gap_ratio: 2.0,
-            gap_low: 0.5,
-            random_margin: 0.02,
-            strong_margin: 0.1,
+const GAP_REF: Flag = Flag {
+    name: "gap-ref",
+    help: "Stronger attack of the gap",
+    value: Some("pgdN"),
+    default: "pgd10",
+};
+const DROP: Flag = Flag {
+    name: "drop",
+    help: "A fall of test PGD accuracy by at least this fraction from one epoch to the next is CO",
+    value: Some("F"),
+    default: "0.2",
+};
+const GAP_JUMP: Flag = Flag {
+    name: "gap-jump",
+    help: "A rise of the gap by at least this many nats (and to ≥ --gap-ratio × the previous gap) is a jump",
+    value: Some("NATS"),
+    default: "1.0",
+};
+const GAP_RATIO: Flag = Flag {
+    name: "gap-ratio",
+    help: "See --gap-jump",
+    value: Some("X"),
+    default: "2.0",
+};
+const GAP_LOW: Flag = Flag {
+    name: "gap-low",
+    help: "A gap jump counts only after an earlier epoch with a gap of at most this many nats",
+    value: Some("NATS"),
+    default: "0.5",
+};
+const RANDOM_MARGIN: Flag = Flag {
+    name: "random-margin",
+    help: "Transferred accuracy within this fraction of the random baseline is noise-level...",
+    value: Some("F"),
+    default: "0.02",
+};
+const STRONG_MARGIN: Flag = Flag {
+    name: "strong-margin",
+    help: "...once an earlier epoch transferred at least this fraction below it (clearly stronger than noise)",
+    value: Some("F"),
+    default: "0.1",
+};
+
+impl CoCriteria {
+    /// The criteria the flags (or a study's `co` table) give, each checked; defaults as declared above.
+    pub fn from_flags(f: &Flags) -> Result<CoCriteria> {
+        let get = |flag: &Flag| -> Result<f64> {
+            let v: f64 = value(f, flag)?;
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(CovfError::spec(
+                    format!("--{}", flag.name),
+                    format!("{v}: must be a finite number ≥ 0"),
+                ));
+            }
+            Ok(v)
+        };
+        let gap_ratio = get(&GAP_RATIO)?;
+        if gap_ratio < 1.0 {
+            return Err(CovfError::spec("--gap-ratio", format!("{gap_ratio}: must be ≥ 1")));
         }
+        Ok(CoCriteria {
+            drop: get(&DROP)?,
+            gap_jump: get(&GAP_JUMP)?,
+            gap_ratio,
+            gap_low: get(&GAP_LOW)?,
+            random_margin: get(&RANDOM_MARGIN)?,
+            strong_margin: get(&STRONG_MARGIN)?,
+        })
     }
 }
 
@@ -190,13 +250,86 @@ pub fn run(runs: &[RunDir], gaps: &[GapRow], transfers: &[TransferRow], c: &CoCr
     Ok(out)
 }
 
+/// `covf analyze co`; `co = [runs]` in a study. It reads the gap and transfer tables of its runs, which run
+/// first (the driver runs `upstream`), and judges each run.
+pub struct Co;
+
+impl Analysis for Co {
+    fn name(&self) -> &'static str {
+        "co"
+    }
+    fn about(&self) -> &'static str {
+        "Per run: the CO epoch, the perturbation-deterioration epoch, and whether they coincide"
+    }
+    fn example(&self) -> &'static str {
+        "covf analyze co --runs fgsm-fmnist-preact-tiny-eps0.15-s0 pgd10-fmnist-preact-tiny-eps0.15-s0"
+    }
+    fn flags(&self) -> &'static [Flag] {
+        &[
+            GAP_REF,
+            DROP,
+            GAP_JUMP,
+            GAP_RATIO,
+            GAP_LOW,
+            RANDOM_MARGIN,
+            STRONG_MARGIN,
+        ]
+    }
+    fn uses_reference(&self) -> bool {
+        true
+    }
+    fn upstream(&self, flags: &Flags) -> Result<Vec<(&'static str, Flags)>> {
+        let b = flags.get(GAP_REF.name).unwrap_or(GAP_REF.default);
+        gap::pgd_steps(b, "--gap-ref")?;
+        Ok(vec![
+            ("transfer", Flags::default()),
+            ("gap", Flags::default().with("ref", b.trim().to_ascii_lowercase())),
+        ])
+    }
+    fn check(&self, flags: &Flags, _: &crate::run::TrainSettings) -> Result<()> {
+        CoCriteria::from_flags(flags)?;
+        self.upstream(flags).map(|_| ())
+    }
+    fn run(&self, job: &Job) -> Result<Outcome> {
+        let crit = CoCriteria::from_flags(&job.flags)?;
+        let steps = gap::pgd_steps(job.flags.get(GAP_REF.name).unwrap_or(GAP_REF.default), "--gap-ref")?;
+        // Both were computed by the upstream analyses just before: these read the scores cache.
+        let gaps = gap::run(job.ctx, &job.checkpoints, steps)?;
+        let transfers = transfer::run(job.ctx, job.reference()?, &job.checkpoints)?;
+        let rows = run(&job.runs, &gaps, &transfers, &crit)?;
+        tidy::write(&job.ctx.out, "co", &rows)?;
+        let mut lines = vec![format!(
+            "{:<44} {:>4} {:>6} {:>9} {:>10} {:>9}  verdict",
+            "run", "CO", "gap↑", "S≈random", "deterior.", "coincide"
+        )];
+        lines.extend(rows.iter().map(|x| {
+            format!(
+                "{:<44} {:>4} {:>6} {:>9} {:>10} {:>9}  {}",
+                x.run,
+                opt(x.co_epoch),
+                opt(x.gap_jump_epoch),
+                opt(x.transfer_random_epoch),
+                opt(x.deterioration_epoch),
+                x.coincide.map_or("–".to_string(), |c| c.to_string()),
+                x.verdict
+            )
+        }));
+        Ok(Outcome {
+            tables: vec!["co".into()],
+            lines,
+            summary: rows.iter().map(|r| format!("{}: {}", r.run, r.verdict)).collect(),
+            ..Outcome::default()
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn fgsm_like_series_coincide_pgd_like_series_do_not_overfit() {
-        let c = CoCriteria::default();
+        let c = CoCriteria::from_flags(&Flags::default()).unwrap();
         // The default FGSM run's shape: PGD-10 50% → 7.6%; the gap 0.3 → 4.0; transfer reaches noise at 2.
         let pgd = [(1, 0.50), (2, 0.076), (3, 0.092), (4, 0.027)];
         let gap = [(1, 0.3), (2, 4.0), (3, 5.0), (4, 7.0)];
@@ -224,7 +357,7 @@ mod tests {
 
     #[test]
     fn thresholds_are_respected_and_a_lag_is_reported() {
-        let c = CoCriteria::default();
+        let c = CoCriteria::from_flags(&Flags::default()).unwrap();
         // A 19-point fall is not CO; the later 30-point fall is. Rises of 0.9 nats are no jump, nor is
         // 1.5 nats to less than twice the previous gap (1.9 → 3.4); 0.4 → 2.5, one epoch after CO, is.
         let pgd = [(1, 0.5), (2, 0.31), (3, 0.01)];
@@ -245,7 +378,7 @@ mod tests {
 
     #[test]
     fn deterioration_is_a_change_not_a_level() {
-        let c = CoCriteria::default();
+        let c = CoCriteria::from_flags(&Flags::default()).unwrap();
         let pgd = [(1, 0.5), (2, 0.52), (3, 0.55)];
         // Transfer at noise level from the first epoch (a generator that was never strong, e.g. APART's α1
         // step on test images): no deterioration, its own verdict.

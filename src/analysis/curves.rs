@@ -5,7 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{pgd_scores, AnalysisCtx, EpochRef};
+use super::registry::{pct, Analysis, Job, Outcome};
+use super::{pgd_scores, tidy, AnalysisCtx, EpochRef};
 use crate::error::Result;
 use crate::run::checkpoint::RunDir;
 use crate::run::metrics::{col_f64, col_u64, read_parquet};
@@ -88,4 +89,36 @@ pub fn run(ctx: &AnalysisCtx, runs: &[(RunDir, Vec<EpochRef>)]) -> Result<Vec<Cu
     }
     rows.sort_by(|a, b| (&a.run, a.epoch, &a.metric).cmp(&(&b.run, b.epoch, &b.metric)));
     Ok(rows)
+}
+
+/// `covf analyze curves`; `curves = [runs]` in a study.
+pub struct Curves;
+
+impl Analysis for Curves {
+    fn name(&self) -> &'static str {
+        "curves"
+    }
+    fn about(&self) -> &'static str {
+        "Training accuracy and test clean / PGD-10 / PGD-20 accuracy per epoch (Figures 1b, 5a-b)"
+    }
+    fn example(&self) -> &'static str {
+        "covf analyze curves --runs fgsm-fmnist-preact-tiny-eps0.15-s0 pgd10-fmnist-preact-tiny-eps0.15-s0"
+    }
+    fn run(&self, job: &Job) -> Result<Outcome> {
+        let rows = run(job.ctx, &job.per_run())?;
+        tidy::write(&job.ctx.out, "curves", &rows)?;
+        let mut lines = vec![format!(
+            "{:<44} {:>5} {:<16} {:>7}",
+            "run", "epoch", "metric", "value %"
+        )];
+        lines.extend(
+            rows.iter()
+                .map(|x| format!("{:<44} {:>5} {:<16} {:>7}", x.run, x.epoch, x.metric, pct(x.value))),
+        );
+        Ok(Outcome {
+            tables: vec!["curves".into()],
+            lines,
+            ..Outcome::default()
+        })
+    }
 }

@@ -10,9 +10,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::generator::own_generator;
-use super::{first, mean, quantile, std_dev, AnalysisCtx, EpochRef};
+use super::registry::{pct, Analysis, Flag, Flags, Job, Outcome};
+use super::{first, mean, quantile, std_dev, tidy, AnalysisCtx, EpochRef};
 use crate::attacks::{Attack, Pgd};
-use crate::error::Result;
+use crate::error::{CovfError, Result};
 use crate::eval::{Request, Scores};
 use crate::rng::Rng;
 
@@ -103,6 +104,87 @@ pub fn run(ctx: &AnalysisCtx, checkpoints: &[EpochRef], b_steps: usize) -> Resul
     checkpoints.iter().map(|a| one(ctx, a, b_steps)).collect()
 }
 
+/// The steps N of a `pgdN` attack named by `flag`.
+pub fn pgd_steps(s: &str, flag: &str) -> Result<usize> {
+    s.trim()
+        .to_ascii_lowercase()
+        .strip_prefix("pgd")
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| CovfError::spec(flag, format!("'{s}': expected pgdN, e.g. pgd10 or pgd20")))
+}
+
+const REF: Flag = Flag {
+    name: "ref",
+    help: "The stronger attack B of the gap: pgd10 or pgd20 (any pgdN)",
+    value: Some("pgdN"),
+    default: "pgd10",
+};
+
+fn steps_of(flags: &Flags) -> Result<usize> {
+    pgd_steps(flags.get(REF.name).unwrap_or(REF.default), "--ref")
+}
+
+/// `covf analyze gap --ref pgdN`; `gap-pgdN = [runs]` in a study. Its table is `gap-pgdN`.
+pub struct Gap;
+
+impl Analysis for Gap {
+    fn name(&self) -> &'static str {
+        "gap"
+    }
+    fn about(&self) -> &'static str {
+        "Strength gap G_B,i(A) = L(δ_B) − L(δ_A) per epoch (Figures 2b, 5c)"
+    }
+    fn example(&self) -> &'static str {
+        "covf analyze gap --ref pgd20 --runs RUN_A RUN_B"
+    }
+    fn flags(&self) -> &'static [Flag] {
+        &[REF]
+    }
+    fn study_key(&self, key: &str) -> Option<Flags> {
+        match key.strip_prefix("gap-") {
+            Some(b) if pgd_steps(b, "").is_ok() => Some(Flags::default().with(REF.name, b)),
+            _ => (key == "gap").then(Flags::default),
+        }
+    }
+    fn tables(&self, flags: &Flags) -> Result<Vec<String>> {
+        Ok(vec![format!("gap-pgd{}", steps_of(flags)?)])
+    }
+    fn check(&self, flags: &Flags, _: &crate::run::TrainSettings) -> Result<()> {
+        steps_of(flags).map(|_| ())
+    }
+    fn run(&self, job: &Job) -> Result<Outcome> {
+        let steps = steps_of(&job.flags)?;
+        let rows = run(job.ctx, &job.checkpoints, steps)?;
+        let name = format!("gap-pgd{steps}");
+        tidy::write(&job.ctx.out, &name, &rows)?;
+        let mut lines = vec![
+            format!("strength gap to PGD-{steps} (nats; larger = weaker own perturbation)"),
+            format!(
+                "{:<44} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                "run", "epoch", "gap", "p10", "p90", "acc A", "acc B"
+            ),
+        ];
+        lines.extend(rows.iter().map(|x| {
+            format!(
+                "{:<44} {:>5} {:>8.3} {:>8.3} {:>8.3} {:>8} {:>8}",
+                x.run,
+                x.epoch,
+                x.gap,
+                x.gap_p10,
+                x.gap_p90,
+                pct(x.acc_a),
+                pct(x.acc_b)
+            )
+        }));
+        Ok(Outcome {
+            tables: vec![name],
+            lines,
+            ..Outcome::default()
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +200,14 @@ mod tests {
         assert!((s - 3.5f64.sqrt()).abs() < 1e-12);
         assert!((p50 - 1.5).abs() < 1e-12);
         assert!((p10 - 0.3).abs() < 1e-12 && (p90 - 4.1).abs() < 1e-12, "{p10} {p90}");
+    }
+
+    #[test]
+    fn study_keys_name_the_stronger_attack() {
+        assert_eq!(Gap.study_key("gap-pgd20"), Some(Flags::default().with("ref", "pgd20")));
+        assert_eq!(Gap.study_key("gap"), Some(Flags::default()));
+        assert_eq!(Gap.study_key("gap-fgsm"), None);
+        assert_eq!(Gap.tables(&Flags::default()).unwrap(), ["gap-pgd10"]);
+        assert!(pgd_steps("pgd0", "--ref").is_err() && pgd_steps("PGD7", "--ref").unwrap() == 7);
     }
 }

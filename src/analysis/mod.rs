@@ -11,6 +11,7 @@ pub mod gap;
 pub mod generator;
 pub mod perturbations;
 pub mod random;
+pub mod registry;
 pub mod steps;
 pub mod tradeoff;
 pub mod transfer;
@@ -30,6 +31,18 @@ use crate::run::model_file::ModelFile;
 use crate::run::TrainSpec;
 
 const CACHE_VERSION: &str = "analysis-v2";
+
+/// Every analysis, in the order a study runs them (one runs after those whose tables it reads).
+pub static ANALYSES: &[&dyn registry::Analysis] = &[
+    &transfer::Transfer,
+    &gap::Gap,
+    &random::Random,
+    &curves::Curves,
+    &steps::Steps,
+    &co::Co,
+    &perturbations::Perturbations,
+    &tradeoff::Tradeoff,
+];
 
 /// Which images the analyses perturb and score.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

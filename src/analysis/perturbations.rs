@@ -7,7 +7,8 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::generator::own_generator;
-use super::{cache, AnalysisCtx, EpochRef};
+use super::registry::{value, Analysis, Flag, Flags, Job, Outcome};
+use super::{cache, tidy, AnalysisCtx, EpochRef};
 use crate::attacks::{Attack, AttackCtx};
 use crate::error::{CovfError, Result};
 use crate::models::{Classifier, Mode};
@@ -121,4 +122,60 @@ pub fn run(ctx: &AnalysisCtx, checkpoints: &[EpochRef], examples: usize) -> Resu
         rows.extend(one(ctx, a, examples)?);
     }
     Ok(rows)
+}
+
+const EXAMPLES: Flag = Flag {
+    name: "examples",
+    help: "Test images to keep (the first of the seeded test subset)",
+    value: Some("N"),
+    default: "4",
+};
+
+fn examples(flags: &Flags) -> Result<usize> {
+    let n: usize = value(flags, &EXAMPLES)?;
+    if n == 0 {
+        return Err(CovfError::spec("--examples", "must be at least 1"));
+    }
+    Ok(n)
+}
+
+/// `covf analyze perturbations`; `perturbations = { run = "fgsm", epochs = [1, 2], examples = 2 }` in a study.
+pub struct Perturbations;
+
+impl Analysis for Perturbations {
+    fn name(&self) -> &'static str {
+        "perturbations"
+    }
+    fn about(&self) -> &'static str {
+        "The run's own perturbations δ of a few test images at chosen epochs, pixel by pixel (Figure 1a)"
+    }
+    fn example(&self) -> &'static str {
+        "covf analyze perturbations --runs fgsm-fmnist-preact-tiny-eps0.15-s0 --epochs 1,2,3 --examples 4"
+    }
+    fn flags(&self) -> &'static [Flag] {
+        &[EXAMPLES]
+    }
+    fn check(&self, flags: &Flags, _: &crate::run::TrainSettings) -> Result<()> {
+        examples(flags).map(|_| ())
+    }
+    fn run(&self, job: &Job) -> Result<Outcome> {
+        let rows = run(job.ctx, &job.checkpoints, examples(&job.flags)?)?;
+        tidy::write(&job.ctx.out, "perturbations", &rows)?;
+        let mut seen = std::collections::BTreeSet::new();
+        let lines = rows
+            .iter()
+            .filter(|x| seen.insert((x.run.clone(), x.epoch, x.example)))
+            .map(|x| {
+                format!(
+                    "{:<44} epoch {:>3} example {:>2}: class {} → {} under its own δ",
+                    x.run, x.epoch, x.example, x.label, x.pred_adv
+                )
+            })
+            .collect();
+        Ok(Outcome {
+            tables: vec!["perturbations".into()],
+            lines,
+            ..Outcome::default()
+        })
+    }
 }

@@ -4,8 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{first, AnalysisCtx, EpochRef};
+use super::registry::{pct, Analysis, Flag, Job, Outcome};
+use super::{first, tidy, AnalysisCtx, EpochRef};
 use crate::attacks::Noise;
+use crate::eps::Eps;
 use crate::error::Result;
 use crate::eval::Request;
 use crate::rng::Rng;
@@ -85,4 +87,65 @@ pub fn run(ctx: &AnalysisCtx, reference: &EpochRef, eps: &[f32]) -> Result<Vec<R
         }
     }
     Ok(rows)
+}
+
+const EPS: Flag = Flag {
+    name: "eps",
+    help: "Noise radius [default: the reference run's training ε]",
+    value: Some("EPS"),
+    default: "",
+};
+
+/// `covf analyze random`: the baselines on their own (transfer strength has them beside every row).
+pub struct Random;
+
+impl Analysis for Random {
+    fn name(&self) -> &'static str {
+        "random"
+    }
+    fn about(&self) -> &'static str {
+        "Accuracy of the reference model under random noise of radius ε (signs and uniform)"
+    }
+    fn example(&self) -> &'static str {
+        "covf analyze random --ref pgd10-fmnist-preact-tiny-eps0.15-s0 --eps 0.1"
+    }
+    fn flags(&self) -> &'static [Flag] {
+        &[EPS]
+    }
+    fn uses_reference(&self) -> bool {
+        true
+    }
+    fn reads_runs(&self) -> bool {
+        false
+    }
+    fn check(&self, flags: &super::registry::Flags, _: &crate::run::TrainSettings) -> Result<()> {
+        flags.get(EPS.name).map(Eps::parse).transpose().map(|_| ())
+    }
+    fn run(&self, job: &Job) -> Result<Outcome> {
+        let reference = job.reference()?;
+        let e = match job.flags.get(EPS.name) {
+            Some(s) => Eps::parse(s)?.value,
+            None => reference.spec.eps.value,
+        };
+        let rows = run(job.ctx, reference, &[e])?;
+        tidy::write(&job.ctx.out, "random", &rows)?;
+        let lines = rows
+            .iter()
+            .map(|x| {
+                format!(
+                    "{} under {} (ε = {}): accuracy {}%, loss {:.3}",
+                    x.reference,
+                    x.noise,
+                    x.eps,
+                    pct(x.accuracy),
+                    x.loss
+                )
+            })
+            .collect();
+        Ok(Outcome {
+            tables: vec!["random".into()],
+            lines,
+            ..Outcome::default()
+        })
+    }
 }

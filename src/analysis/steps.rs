@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::registry::{Analysis, Job, Outcome};
+use super::tidy;
 use crate::error::Result;
 use crate::run::checkpoint::RunDir;
 use crate::run::metrics::read_step_sizes;
@@ -30,4 +32,38 @@ pub fn run(runs: &[RunDir]) -> Result<Vec<StepRow>> {
         }));
     }
     Ok(rows)
+}
+
+/// `covf analyze steps`; `steps = [runs]` in a study.
+pub struct Steps;
+
+impl Analysis for Steps {
+    fn name(&self) -> &'static str {
+        "steps"
+    }
+    fn about(&self) -> &'static str {
+        "APART's learned step sizes per epoch and layer (Figure 3)"
+    }
+    fn example(&self) -> &'static str {
+        "covf analyze steps --runs apart-fmnist-preact-tiny-eps0.15-s0"
+    }
+    fn run(&self, job: &Job) -> Result<Outcome> {
+        let rows = run(&job.runs)?;
+        tidy::write(&job.ctx.out, "steps", &rows)?;
+        let lines = rows
+            .iter()
+            .map(|x| format!("{:<44} {:>5} {:<8} {:.5}", x.run, x.epoch, x.layer, x.alpha))
+            .collect();
+        let warnings = if rows.is_empty() {
+            vec!["none of these runs learns step sizes (only apart and apart-simple do)".to_string()]
+        } else {
+            Vec::new()
+        };
+        Ok(Outcome {
+            tables: vec!["steps".into()],
+            lines,
+            warnings,
+            ..Outcome::default()
+        })
+    }
 }

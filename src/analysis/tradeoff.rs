@@ -8,12 +8,14 @@ use std::path::Path;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use super::{first, pgd_scores, AnalysisCtx, EpochRef};
+use super::registry::{list, pct, trim, value, Analysis, Flag, Flags, Job, Outcome};
+use super::{first, pgd_scores, tidy, AnalysisCtx, EpochRef};
+use crate::eps::Eps;
 use crate::error::{CovfError, Result};
 use crate::eval::Request;
 use crate::fit::{fit_or_reuse, Reuse};
 use crate::rng::Rng;
-use crate::run::TrainSpec;
+use crate::run::{TrainSettings, TrainSpec};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TradeoffRow {
@@ -88,4 +90,118 @@ pub fn run(
     }
     rows.sort_by(|a, b| a.method.cmp(&b.method).then(a.eps_train.total_cmp(&b.eps_train)));
     Ok(rows)
+}
+
+const METHODS: Flag = Flag {
+    name: "methods",
+    help: "Training methods, as `covf train --method` (method flags go in the train settings)",
+    value: Some("M,..."),
+    default: "",
+};
+const EPS_TRAIN: Flag = Flag {
+    name: "eps-train",
+    help: "Training radii, e.g. 2/255,4/255,8/255 or 0.05,0.1",
+    value: Some("EPS,..."),
+    default: "",
+};
+const EPS_EVAL: Flag = Flag {
+    name: "eps-eval",
+    help: "Evaluation radius [default: the dataset's default ε]",
+    value: Some("EPS"),
+    default: "",
+};
+const PGD_STEPS: Flag = Flag {
+    name: "pgd-steps",
+    help: "Steps of the evaluating PGD",
+    value: Some("N"),
+    default: "20",
+};
+
+/// One train spec per (method, ε_train) on the shared settings, and the evaluation ε.
+pub fn sweep(flags: &Flags, train: &TrainSettings) -> Result<(Vec<TrainSpec>, f32)> {
+    let (methods, radii) = (list(flags, &METHODS), list(flags, &EPS_TRAIN));
+    for (f, v) in [(&METHODS, &methods), (&EPS_TRAIN, &radii)] {
+        if v.is_empty() {
+            return Err(CovfError::spec(
+                format!("--{}", f.name),
+                "is required (a comma-separated list)",
+            ));
+        }
+    }
+    let mut specs = Vec::new();
+    for m in &methods {
+        for e in &radii {
+            let mut s = train.clone();
+            s.method = Some(m.clone());
+            s.eps = Some(e.clone());
+            specs.push(s.resolve()?);
+        }
+    }
+    let eps_eval = match flags.get(EPS_EVAL.name) {
+        Some(s) => Eps::parse(s)?.value,
+        // The dataset's default ε, as `covf train` resolves it for the sweep's settings.
+        None => {
+            let mut s = train.clone();
+            s.eps = None;
+            s.resolve()?.eps.value
+        }
+    };
+    Ok((specs, eps_eval))
+}
+
+/// `covf analyze tradeoff`; a study's `[tradeoff]` table (its `train` table on top of the study's `[train]`).
+pub struct Tradeoff;
+
+impl Analysis for Tradeoff {
+    fn name(&self) -> &'static str {
+        "tradeoff"
+    }
+    fn about(&self) -> &'static str {
+        "Clean vs PGD accuracy of one run per (method, ε_train), trained when missing (Figure 4)"
+    }
+    fn example(&self) -> &'static str {
+        "covf analyze tradeoff --methods fgsm,apart --eps-train 0.05,0.1,0.15 --study paper-fmnist\n\n\
+         Runs are named as `covf train` names them; an existing run is reused when its settings match."
+    }
+    fn flags(&self) -> &'static [Flag] {
+        &[METHODS, EPS_TRAIN, EPS_EVAL, PGD_STEPS]
+    }
+    fn reads_runs(&self) -> bool {
+        false
+    }
+    fn trains(&self) -> bool {
+        true
+    }
+    fn check(&self, flags: &Flags, train: &TrainSettings) -> Result<()> {
+        value::<usize>(flags, &PGD_STEPS)?;
+        sweep(flags, train).map(|_| ())
+    }
+    fn run(&self, job: &Job) -> Result<Outcome> {
+        let steps: usize = job.value(&PGD_STEPS)?;
+        let (specs, eps_eval) = sweep(&job.flags, &job.train)?;
+        let rows = run(job.ctx, job.root, &job.ctx.device, &specs, eps_eval, steps)?;
+        tidy::write(&job.ctx.out, "tradeoff", &rows)?;
+        let mut lines = vec![format!(
+            "{:<44} {:>8} {:>8} {:>8}",
+            "run",
+            "ε_train",
+            "clean",
+            format!("PGD-{steps}")
+        )];
+        lines.extend(rows.iter().map(|x| {
+            format!(
+                "{:<44} {:>8} {:>8} {:>8}",
+                x.run,
+                trim(x.eps_train),
+                pct(x.clean),
+                pct(x.robust)
+            )
+        }));
+        Ok(Outcome {
+            tables: vec!["tradeoff".into()],
+            lines,
+            trained: specs.iter().map(|s| s.name.clone()).collect(),
+            ..Outcome::default()
+        })
+    }
 }

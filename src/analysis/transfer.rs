@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::generator::own_generator;
 use super::random::{self, NoiseKind};
-use super::{AnalysisCtx, EpochRef};
+use super::registry::{pct, Analysis, Job, Outcome};
+use super::{tidy, AnalysisCtx, EpochRef};
 use crate::attacks::Generator;
 use crate::error::{CovfError, Result};
 use crate::eval::Request;
@@ -165,4 +166,54 @@ pub fn run(ctx: &AnalysisCtx, reference: &EpochRef, checkpoints: &[EpochRef]) ->
         }
     }
     Ok(rows)
+}
+
+/// `covf analyze transfer`; `transfer = [runs]` in a study.
+pub struct Transfer;
+
+impl Analysis for Transfer {
+    fn name(&self) -> &'static str {
+        "transfer"
+    }
+    fn about(&self) -> &'static str {
+        "Transfer strength S_i(A): each epoch's own perturbations evaluated on a reference model, with the \
+         random-noise baseline (Figure 2a)"
+    }
+    fn example(&self) -> &'static str {
+        "covf analyze transfer --runs fgsm-fmnist-preact-tiny-eps0.15-s0 --study paper"
+    }
+    fn uses_reference(&self) -> bool {
+        true
+    }
+    fn run(&self, job: &Job) -> Result<Outcome> {
+        let reference = job.reference()?;
+        let rows = run(job.ctx, reference, &job.checkpoints)?;
+        tidy::write(&job.ctx.out, "transfer", &rows)?;
+        let mut lines = vec![
+            format!(
+                "transfer strength on {} (accuracy %, lower = stronger)",
+                reference.label()
+            ),
+            format!(
+                "{:<44} {:>5} {:>9} {:>8} {:>8}  generator as run",
+                "run", "epoch", "generator", "S_i", "random"
+            ),
+        ];
+        lines.extend(rows.iter().map(|x| {
+            format!(
+                "{:<44} {:>5} {:>9} {:>8} {:>8}  {}",
+                x.run,
+                x.epoch,
+                x.generator,
+                pct(x.acc_ref),
+                pct(x.random_acc),
+                x.attack
+            )
+        }));
+        Ok(Outcome {
+            tables: vec!["transfer".into()],
+            lines,
+            ..Outcome::default()
+        })
+    }
 }

@@ -17,7 +17,7 @@ pub struct FiguresArgs {
     /// Study name (under analyses/) or directory; tables are read from <study>/out.
     #[arg(long, default_value = "adhoc")]
     pub study: String,
-    /// Figures to draw: 1a, 1b, 2a, 2b, 3, 4, 5 [default: every figure whose tables exist].
+    /// Figures to draw: 1a, 1b, 2a, 2a-own, 2b, 3, 4, 5 [default: every figure whose tables exist].
     #[arg(long = "fig", value_name = "ID")]
     pub figs: Vec<String>,
     /// Output directory [default: <study>/figures].
@@ -27,35 +27,42 @@ pub struct FiguresArgs {
 
 /// Draws the figures; with none asked for, every figure whose tables exist (and says which were skipped).
 pub fn draw(study_out: &Path, figs: &[String], dir: &Path) -> Result<Vec<PathBuf>, CovfError> {
-    let asked: Vec<String> = figs.iter().map(|f| figures::parse_id(f)).collect::<Result<_, _>>()?;
-    let ids: Vec<String> = if asked.is_empty() {
-        figures::ALL
+    let asked: Vec<&dyn figures::FigureDef> = figs.iter().map(|f| figures::lookup(f)).collect::<Result<_, _>>()?;
+    let chosen: Vec<&dyn figures::FigureDef> = if asked.is_empty() {
+        figures::FIGURES
             .iter()
-            .filter(|id| {
-                let ok = figures::available(id, study_out);
+            .copied()
+            .filter(|f| {
+                let ok = figures::available(*f, study_out);
                 if !ok {
+                    let how: Vec<String> = f
+                        .needs()
+                        .iter()
+                        .map(|t| covf::analysis::registry::producer(t).unwrap_or_else(|| t.to_string()))
+                        .collect();
                     eprintln!(
-                        "skipping figure {id}: {} has no {} table",
+                        "skipping figure {}: {} has no {} table (made by {})",
+                        f.id(),
                         study_out.display(),
-                        figures::needs(id).join(" / ")
+                        f.needs().join(" / "),
+                        how.join("; ")
                     );
                 }
                 ok
             })
-            .map(|s| s.to_string())
             .collect()
     } else {
         asked
     };
-    if ids.is_empty() {
+    if chosen.is_empty() {
         return Err(CovfError::data(
             study_out,
             "holds none of the tables the figures need: run `covf study` or `covf analyze` first",
         ));
     }
     let mut files = Vec::new();
-    for id in &ids {
-        files.extend(figures::render(id, study_out, dir)?);
+    for f in chosen {
+        files.extend(f.render(study_out, dir)?);
     }
     Ok(files)
 }
@@ -67,7 +74,7 @@ pub fn run(a: FiguresArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| out.parent().unwrap_or(Path::new(".")).join("figures"));
     for f in draw(&out, &a.figs, &dir)? {
-        println!("{}", f.display());
+        println!("{f}", f = f.display());
     }
     Ok(())
 }

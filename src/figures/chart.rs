@@ -215,6 +215,15 @@ pub fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, c: &LineChart) ->
     Ok(())
 }
 
+impl super::Drawing for LineChart {
+    fn is_empty(&self) -> bool {
+        LineChart::is_empty(self)
+    }
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()> {
+        draw(area, self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

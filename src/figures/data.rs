@@ -1,5 +1,6 @@
-//! What the figures draw, read from a study's tidy tables: series of points per run, the perturbation
-//! images, markers for CO epochs. Selection and labelling only; every number was computed by an analysis.
+//! What the figures share: their data types (series, charts, perturbation images) and `StudyTables`, the
+//! study's tidy tables with the selections several figures use (curves, the gap, CO markers). Each
+//! figure's own selection is in its file; every number was computed by an analysis.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,7 +9,6 @@ use polars::prelude::*;
 
 use super::style::{display_name, method_index};
 use crate::analysis::tidy;
-use crate::analysis::transfer::Source;
 use crate::error::{CovfError, Result};
 
 /// One line (or point set) of a chart.
@@ -96,21 +96,21 @@ pub struct StudyTables {
     pub dir: std::path::PathBuf,
 }
 
-fn strs(df: &DataFrame, c: &str, p: &Path) -> Result<Vec<String>> {
+pub fn strs(df: &DataFrame, c: &str, p: &Path) -> Result<Vec<String>> {
     crate::run::metrics::col_str(df, c, p)
 }
-fn u64s(df: &DataFrame, c: &str, p: &Path) -> Result<Vec<u64>> {
+pub fn u64s(df: &DataFrame, c: &str, p: &Path) -> Result<Vec<u64>> {
     crate::run::metrics::col_u64(df, c, p)
 }
-fn f64s(df: &DataFrame, c: &str, p: &Path) -> Result<Vec<f64>> {
+pub fn f64s(df: &DataFrame, c: &str, p: &Path) -> Result<Vec<f64>> {
     crate::run::metrics::col_f64(df, c, p)
 }
 
 /// A run, its method, and its points.
-type Group = (String, String, Vec<(f64, f64)>);
+pub type Group = (String, String, Vec<(f64, f64)>);
 
 /// Groups (key, x, y) triples into series in first-seen order, x ascending within each.
-fn group(keys: &[(String, String)], xs: &[f64], ys: &[f64]) -> Vec<Group> {
+pub fn group(keys: &[(String, String)], xs: &[f64], ys: &[f64]) -> Vec<Group> {
     let mut order: Vec<(String, String)> = Vec::new();
     let mut by: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
     for (i, k) in keys.iter().enumerate() {
@@ -130,7 +130,7 @@ fn group(keys: &[(String, String)], xs: &[f64], ys: &[f64]) -> Vec<Group> {
 }
 
 /// Series labels: the method's display name, plus the run name when a method has several runs.
-fn labelled(groups: Vec<Group>, scale: f64) -> Vec<Series> {
+pub fn labelled(groups: Vec<Group>, scale: f64) -> Vec<Series> {
     let methods: Vec<String> = groups.iter().map(|g| g.1.clone()).collect();
     let mut series: Vec<Series> = groups
         .iter()
@@ -166,18 +166,16 @@ impl StudyTables {
     fn path_of(&self, table: &str) -> Result<std::path::PathBuf> {
         let path = self.dir.join(format!("{table}.parquet"));
         if !path.is_file() {
+            let how = crate::analysis::registry::producer(table).unwrap_or_else(|| "covf analyze".into());
             return Err(CovfError::data(
                 &path,
-                format!(
-                    "missing: run `covf analyze {}` for this study first",
-                    table.split('-').next().unwrap_or(table)
-                ),
+                format!("missing: run `{how}` for this study first"),
             ));
         }
         Ok(path)
     }
 
-    fn read(&self, table: &str) -> Result<(DataFrame, std::path::PathBuf)> {
+    pub fn read(&self, table: &str) -> Result<(DataFrame, std::path::PathBuf)> {
         let path = self.path_of(table)?;
         Ok((tidy::read(&self.dir, table)?, path))
     }
@@ -192,7 +190,7 @@ impl StudyTables {
         Ok((lf, path))
     }
 
-    fn has_column(&self, table: &str, column: &str) -> Result<bool> {
+    pub fn has_column(&self, table: &str, column: &str) -> Result<bool> {
         let (mut lf, path) = self.scan(table)?;
         let schema = lf
             .collect_schema()
@@ -201,7 +199,7 @@ impl StudyTables {
     }
 
     /// The rows of `table` whose `column` is `value`: a lazy scan, so the filter runs as the file is read.
-    fn read_where(&self, table: &str, column: &str, value: &str) -> Result<(DataFrame, std::path::PathBuf)> {
+    pub fn read_where(&self, table: &str, column: &str, value: &str) -> Result<(DataFrame, std::path::PathBuf)> {
         let (lf, path) = self.scan(table)?;
         let df = lf
             .filter(col(column).eq(lit(value)))
@@ -232,7 +230,7 @@ impl StudyTables {
             .collect())
     }
 
-    fn co_lines(&self, runs: &[String]) -> Result<Vec<(f64, String)>> {
+    pub fn co_lines(&self, runs: &[String]) -> Result<Vec<(f64, String)>> {
         Ok(self
             .co_epochs()?
             .into_iter()
@@ -263,84 +261,9 @@ impl StudyTables {
         Ok(labelled(group(&keys, &xs, &ys), 100.0))
     }
 
-    /// Figure 1b: test PGD-10 accuracy per epoch.
-    pub fn fig1b(&self) -> Result<LineChart> {
-        let series = self.curve("test_acc_pgd10", None)?;
-        let runs = self.runs_of("curves")?;
-        Ok(LineChart {
-            title: "Test accuracy under PGD-10".into(),
-            x_desc: "Epoch".into(),
-            y_desc: "PGD-10 accuracy (%)".into(),
-            series,
-            vlines: self.co_lines(&runs)?,
-            integer_x: true,
-            scatter: false,
-        })
-    }
-
-    fn runs_of(&self, table: &str) -> Result<Vec<String>> {
+    pub fn runs_of(&self, table: &str) -> Result<Vec<String>> {
         let (df, p) = self.read(table)?;
         strs(&df, "run", &p)
-    }
-
-    /// Figure 2a as the paper draws it: plain FGSM generated on each run's checkpoints, transferred to the
-    /// reference, per epoch, with the random-sign baseline.
-    pub fn fig2a(&self) -> Result<LineChart> {
-        self.transfer_chart(Source::Fgsm)
-    }
-
-    /// Transfer strength of the rows from one generator (`fgsm`: Figure 2a; `own`: the methods' own
-    /// generators, figure `2a-own`). Tables from before the `generator` column hold own-generator rows.
-    pub fn transfer_chart(&self, source: Source) -> Result<LineChart> {
-        let (df, p) = if self.has_column("transfer", "generator")? {
-            self.read_where("transfer", "generator", source.name())?
-        } else {
-            let (df, p) = self.read("transfer")?;
-            (if source == Source::Own { df } else { df.head(Some(0)) }, p)
-        };
-        let (runs, ms, ep, acc, random, reference) = (
-            strs(&df, "run", &p)?,
-            strs(&df, "method", &p)?,
-            u64s(&df, "epoch", &p)?,
-            f64s(&df, "acc_ref", &p)?,
-            f64s(&df, "random_acc", &p)?,
-            strs(&df, "reference", &p)?,
-        );
-        let keys: Vec<(String, String)> = runs.iter().cloned().zip(ms.iter().cloned()).collect();
-        let xs: Vec<f64> = ep.iter().map(|&e| e as f64).collect();
-        let mut series = labelled(group(&keys, &xs, &acc), 100.0);
-        // The baseline depends only on the reference and ε: one dashed line per distinct value.
-        let mut seen: Vec<u64> = Vec::new();
-        let (lo, hi) = xs
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
-        for &r in &random {
-            if !r.is_finite() || seen.contains(&r.to_bits()) {
-                continue;
-            }
-            seen.push(r.to_bits());
-            series.push(Series {
-                label: "Random (±ε signs)".into(),
-                style: 0,
-                points: vec![(lo, 100.0 * r), (hi, 100.0 * r)],
-                reference: true,
-                point_labels: Vec::new(),
-            });
-        }
-        let reference = reference.first().cloned().unwrap_or_default();
-        let of = match source {
-            Source::Fgsm => "FGSM on each run's checkpoints",
-            Source::Own => "each method's own generator",
-        };
-        Ok(LineChart {
-            title: format!("Transfer strength on {} ({of})", reference.replace('@', " epoch ")),
-            x_desc: "Epoch of the generating checkpoint".into(),
-            y_desc: "Reference accuracy (%, lower = stronger)".into(),
-            series,
-            vlines: self.co_lines(&runs)?,
-            integer_x: true,
-            scatter: false,
-        })
     }
 
     /// The strength gap to PGD-`steps` per epoch (Figures 2b and 5c).
@@ -373,194 +296,9 @@ impl StudyTables {
             scatter: false,
         })
     }
-
-    /// Figure 3: APART's learned step sizes per epoch, one line per layer.
-    pub fn fig3(&self) -> Result<LineChart> {
-        let (df, p) = self.read("steps")?;
-        let (runs, ep, layer, alpha) = (
-            strs(&df, "run", &p)?,
-            u64s(&df, "epoch", &p)?,
-            strs(&df, "layer", &p)?,
-            f64s(&df, "alpha", &p)?,
-        );
-        let several = runs.iter().any(|r| Some(r) != runs.first());
-        let name = |l: &str| match l {
-            "input" => "input (α1)".to_string(),
-            "init" => "init scale (αω)".to_string(),
-            b => b
-                .strip_prefix("block")
-                .map_or(b.to_string(), |k| format!("block {k} input")),
-        };
-        let keys: Vec<(String, String)> = runs
-            .iter()
-            .zip(&layer)
-            .map(|(r, l)| {
-                (
-                    if several { format!("{} ({r})", name(l)) } else { name(l) },
-                    String::new(),
-                )
-            })
-            .collect();
-        let xs: Vec<f64> = ep.iter().map(|&e| e as f64).collect();
-        let series = group(&keys, &xs, &alpha)
-            .into_iter()
-            .enumerate()
-            .map(|(i, (label, _, points))| Series {
-                label,
-                style: i,
-                points,
-                reference: false,
-                point_labels: Vec::new(),
-            })
-            .collect();
-        Ok(LineChart {
-            title: "APART step sizes".into(),
-            x_desc: "Epoch".into(),
-            y_desc: "Step size α (pixel units)".into(),
-            series,
-            vlines: Vec::new(),
-            integer_x: true,
-            scatter: false,
-        })
-    }
-
-    /// Figure 4: clean vs robust accuracy, one series per method, points labelled with ε_train.
-    pub fn fig4(&self) -> Result<LineChart> {
-        let (df, p) = self.read("tradeoff")?;
-        let (runs, ms, eps, eps_eval, clean, robust, steps) = (
-            strs(&df, "run", &p)?,
-            strs(&df, "method", &p)?,
-            f64s(&df, "eps_train", &p)?,
-            f64s(&df, "eps_eval", &p)?,
-            f64s(&df, "clean", &p)?,
-            f64s(&df, "robust", &p)?,
-            u64s(&df, "pgd_steps", &p)?,
-        );
-        let mut order: Vec<String> = Vec::new();
-        for m in &ms {
-            if !order.contains(m) {
-                order.push(m.clone());
-            }
-        }
-        let mut series = Vec::new();
-        for m in &order {
-            let mut pts: Vec<(f64, f64, f64)> = (0..runs.len())
-                .filter(|&i| &ms[i] == m)
-                .map(|i| (eps[i], 100.0 * clean[i], 100.0 * robust[i]))
-                .collect();
-            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-            series.push(Series {
-                label: display_name(m),
-                style: method_index(m, &order),
-                points: pts.iter().map(|p| (p.1, p.2)).collect(),
-                reference: false,
-                point_labels: pts.iter().map(|p| format!("ε={}", trim(p.0))).collect(),
-            });
-        }
-        series.sort_by_key(|s| s.style);
-        Ok(LineChart {
-            title: format!(
-                "Clean vs robust accuracy (PGD-{}, ε = {})",
-                steps.first().copied().unwrap_or(20),
-                eps_eval.first().map_or("?".into(), |e| trim(*e))
-            ),
-            x_desc: "Clean accuracy (%)".into(),
-            y_desc: format!("PGD-{} accuracy (%)", steps.first().copied().unwrap_or(20)),
-            series,
-            vlines: Vec::new(),
-            integer_x: false,
-            scatter: true,
-        })
-    }
-
-    /// Figure 1a: the chosen run's perturbations (all epochs and examples in `perturbations.parquet`).
-    pub fn fig1a(&self) -> Result<PerturbationGrid> {
-        let (df, p) = self.read("perturbations")?;
-        let dataset = strs(&df, "dataset", &p)?;
-        let (runs, ms, ep, ex, label, pred, eps) = (
-            strs(&df, "run", &p)?,
-            strs(&df, "method", &p)?,
-            u64s(&df, "epoch", &p)?,
-            u64s(&df, "example", &p)?,
-            u64s(&df, "label", &p)?,
-            u64s(&df, "pred_adv", &p)?,
-            f64s(&df, "eps", &p)?,
-        );
-        let (ch, row, col, x, delta) = (
-            u64s(&df, "channel", &p)?,
-            u64s(&df, "row", &p)?,
-            u64s(&df, "col", &p)?,
-            f64s(&df, "x", &p)?,
-            f64s(&df, "delta", &p)?,
-        );
-        let Some(run) = runs.first().cloned() else {
-            return Err(CovfError::data(&p, "holds no perturbations"));
-        };
-        let sel: Vec<usize> = (0..runs.len()).filter(|&i| runs[i] == run).collect();
-        let dim = |v: &[u64]| sel.iter().map(|&i| v[i] as usize + 1).max().unwrap_or(0);
-        let (c, h, w) = (dim(&ch), dim(&row), dim(&col));
-        let mut epochs: Vec<u64> = sel.iter().map(|&i| ep[i]).collect();
-        epochs.sort_unstable();
-        epochs.dedup();
-        let mut examples: Vec<u64> = sel.iter().map(|&i| ex[i]).collect();
-        examples.sort_unstable();
-        examples.dedup();
-        let blank = || Image {
-            channels: c,
-            height: h,
-            width: w,
-            values: vec![f64::NAN; c * h * w],
-        };
-        let mut rows: Vec<ImageRow> = examples
-            .iter()
-            .map(|_| ImageRow {
-                label: 0,
-                input: blank(),
-                deltas: epochs.iter().map(|&e| (e, blank(), 0)).collect(),
-            })
-            .collect();
-        for &i in &sel {
-            let (Some(r), Some(k)) = (
-                examples.iter().position(|&e| e == ex[i]),
-                epochs.iter().position(|&e| e == ep[i]),
-            ) else {
-                continue;
-            };
-            let at = ((ch[i] as usize) * h + row[i] as usize) * w + col[i] as usize;
-            let target = &mut rows[r];
-            target.label = label[i];
-            target.input.values[at] = x[i];
-            target.deltas[k].1.values[at] = delta[i];
-            target.deltas[k].2 = pred[i];
-        }
-        let co_epoch = self
-            .co_epochs()?
-            .into_iter()
-            .find(|(r, _, _)| *r == run)
-            .map(|(_, _, e)| e);
-        let kind = sel
-            .first()
-            .and_then(|&i| crate::data::DatasetKind::parse(&dataset[i]).ok());
-        let classes = (0..100u64)
-            .map(|k| kind.map_or_else(|| k.to_string(), |d| d.class_name(k)))
-            .collect();
-        Ok(PerturbationGrid {
-            classes,
-            method: sel.first().map(|&i| ms[i].clone()).unwrap_or_default(),
-            eps: sel.first().map_or(f64::NAN, |&i| eps[i]),
-            run,
-            epochs,
-            co_epoch,
-            rows,
-        })
-    }
 }
 
-/// `0.15` rather than `0.15000000596046448` (ε is stored from an f32).
-pub fn trim(v: f64) -> String {
-    let s = format!("{:.4}", v);
-    s.trim_end_matches('0').trim_end_matches('.').to_string()
-}
+pub use crate::analysis::registry::trim;
 
 #[cfg(test)]
 mod tests {
@@ -581,12 +319,5 @@ mod tests {
         assert_eq!(s[0].label, "FGSM");
         assert_eq!(s[1].label, "PGD-10");
         assert!((s[0].points[1].1 - 20.0).abs() < 1e-12);
-    }
-
-    #[test]
-    fn trims_f32_noise_from_eps() {
-        assert_eq!(trim(0.15000000596046448), "0.15");
-        assert_eq!(trim(0.1), "0.1");
-        assert_eq!(trim(8.0 / 255.0), "0.0314");
     }
 }

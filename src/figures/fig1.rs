@@ -1,20 +1,139 @@
 //! Figure 1: (a) the run's perturbations δ as images for epochs around CO, beside the clean input; (b) test
-//! accuracy under PGD-10 per epoch. Drawing only.
+//! accuracy under PGD-10 per epoch.
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::chart;
-use super::data::{Image, LineChart, PerturbationGrid};
+use super::data::{f64s, strs, u64s, Image, ImageRow, LineChart, PerturbationGrid, StudyTables};
 use super::style::{diverging, grey, plot_err, FONT, LABEL_PT, TICK_PT};
-use crate::error::Result;
+use super::{Drawing, Figure};
+use crate::error::{CovfError, Result};
 
-/// Pixel size for a grid of `rows` examples and `epochs` perturbations.
-pub fn size_a(g: &PerturbationGrid) -> (u32, u32) {
-    let cols = 1 + g.epochs.len() as u32;
-    let rows = g.rows.len().max(1) as u32;
-    ((cols * 156 + 120).max(760), rows * 184 + 96)
+/// Figure 1a: the chosen run's perturbations (all epochs and examples in `perturbations.parquet`).
+pub struct Fig1a;
+
+impl Figure for Fig1a {
+    type Data = PerturbationGrid;
+    const ID: &'static str = "1a";
+    const NEEDS: &'static [&'static str] = &["perturbations"];
+
+    fn select(t: &StudyTables) -> Result<PerturbationGrid> {
+        let (df, p) = t.read("perturbations")?;
+        let dataset = strs(&df, "dataset", &p)?;
+        let (runs, ms, ep, ex, label, pred, eps) = (
+            strs(&df, "run", &p)?,
+            strs(&df, "method", &p)?,
+            u64s(&df, "epoch", &p)?,
+            u64s(&df, "example", &p)?,
+            u64s(&df, "label", &p)?,
+            u64s(&df, "pred_adv", &p)?,
+            f64s(&df, "eps", &p)?,
+        );
+        let (ch, row, col, x, delta) = (
+            u64s(&df, "channel", &p)?,
+            u64s(&df, "row", &p)?,
+            u64s(&df, "col", &p)?,
+            f64s(&df, "x", &p)?,
+            f64s(&df, "delta", &p)?,
+        );
+        let Some(run) = runs.first().cloned() else {
+            return Err(CovfError::data(&p, "holds no perturbations"));
+        };
+        let sel: Vec<usize> = (0..runs.len()).filter(|&i| runs[i] == run).collect();
+        let dim = |v: &[u64]| sel.iter().map(|&i| v[i] as usize + 1).max().unwrap_or(0);
+        let (c, h, w) = (dim(&ch), dim(&row), dim(&col));
+        let mut epochs: Vec<u64> = sel.iter().map(|&i| ep[i]).collect();
+        epochs.sort_unstable();
+        epochs.dedup();
+        let mut examples: Vec<u64> = sel.iter().map(|&i| ex[i]).collect();
+        examples.sort_unstable();
+        examples.dedup();
+        let blank = || Image {
+            channels: c,
+            height: h,
+            width: w,
+            values: vec![f64::NAN; c * h * w],
+        };
+        let mut rows: Vec<ImageRow> = examples
+            .iter()
+            .map(|_| ImageRow {
+                label: 0,
+                input: blank(),
+                deltas: epochs.iter().map(|&e| (e, blank(), 0)).collect(),
+            })
+            .collect();
+        for &i in &sel {
+            let (Some(r), Some(k)) = (
+                examples.iter().position(|&e| e == ex[i]),
+                epochs.iter().position(|&e| e == ep[i]),
+            ) else {
+                continue;
+            };
+            let at = ((ch[i] as usize) * h + row[i] as usize) * w + col[i] as usize;
+            let target = &mut rows[r];
+            target.label = label[i];
+            target.input.values[at] = x[i];
+            target.deltas[k].1.values[at] = delta[i];
+            target.deltas[k].2 = pred[i];
+        }
+        let co_epoch = t
+            .co_epochs()?
+            .into_iter()
+            .find(|(r, _, _)| *r == run)
+            .map(|(_, _, e)| e);
+        let kind = sel
+            .first()
+            .and_then(|&i| crate::data::DatasetKind::parse(&dataset[i]).ok());
+        let classes = (0..100u64)
+            .map(|k| kind.map_or_else(|| k.to_string(), |d| d.class_name(k)))
+            .collect();
+        Ok(PerturbationGrid {
+            classes,
+            method: sel.first().map(|&i| ms[i].clone()).unwrap_or_default(),
+            eps: sel.first().map_or(f64::NAN, |&i| eps[i]),
+            run,
+            epochs,
+            co_epoch,
+            rows,
+        })
+    }
+}
+
+impl Drawing for PerturbationGrid {
+    /// A grid of `rows` examples and `epochs` perturbations.
+    fn size(&self) -> (u32, u32) {
+        let cols = 1 + self.epochs.len() as u32;
+        let rows = self.rows.len().max(1) as u32;
+        ((cols * 156 + 120).max(760), rows * 184 + 96)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()> {
+        draw_a(area, self)
+    }
+}
+
+/// Figure 1b: test PGD-10 accuracy per epoch, CO epochs marked.
+pub struct Fig1b;
+
+impl Figure for Fig1b {
+    type Data = LineChart;
+    const ID: &'static str = "1b";
+    const NEEDS: &'static [&'static str] = &["curves"];
+
+    fn select(t: &StudyTables) -> Result<LineChart> {
+        let series = t.curve("test_acc_pgd10", None)?;
+        let runs = t.runs_of("curves")?;
+        Ok(LineChart {
+            title: "Test accuracy under PGD-10".into(),
+            x_desc: "Epoch".into(),
+            y_desc: "PGD-10 accuracy (%)".into(),
+            series,
+            vlines: t.co_lines(&runs)?,
+            integer_x: true,
+            scatter: false,
+        })
+    }
 }
 
 /// Draws one image into a cell: greyscale (or RGB) for inputs, the diverging map of δ/ε for perturbations
@@ -57,7 +176,7 @@ fn image<DB: DrawingBackend>(cell: &DrawingArea<DB, Shift>, img: &Image, eps: Op
     Ok(())
 }
 
-pub fn draw_a<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, g: &PerturbationGrid) -> Result<()> {
+fn draw_a<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, g: &PerturbationGrid) -> Result<()> {
     let here = std::path::Path::new("figure 1a");
     let e = |err: DrawingAreaErrorKind<DB::ErrorType>| plot_err(here, err);
     let title = format!(
@@ -122,9 +241,4 @@ pub fn draw_a<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, g: &Perturbatio
         .map_err(e)?;
     bar.draw_text("δ", &lab, (x + 4, y_top - 34)).map_err(e)?;
     Ok(())
-}
-
-/// (b): PGD-10 accuracy per epoch.
-pub fn draw_b<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, c: &LineChart) -> Result<()> {
-    chart::draw(area, c)
 }

@@ -1,22 +1,72 @@
 //! Figure 5: APART vs PGD-10 over a run, three panels side by side: (a) training accuracy, (b) test accuracy
-//! under PGD-20, (c) the gap to PGD-20. Drawing only.
+//! under PGD-20, (c) the gap to PGD-20.
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::chart;
-use super::data::LineChart;
+use super::data::{LineChart, StudyTables};
+use super::{Drawing, Figure};
 use crate::error::Result;
 
-/// Three panels, each the size of a single figure.
-pub fn size(panels: usize) -> (u32, u32) {
-    (super::style::SIZE.0 * panels.max(1) as u32, super::style::SIZE.1)
+/// The methods Figure 5 compares.
+pub const METHODS: [&str; 2] = ["apart", "pgd10"];
+
+pub struct Fig5;
+
+impl Figure for Fig5 {
+    type Data = Panels;
+    const ID: &'static str = "5";
+    const NEEDS: &'static [&'static str] = &["curves", "gap-pgd20"];
+
+    fn select(t: &StudyTables) -> Result<Panels> {
+        let m: &[&str] = &METHODS;
+        let chart = |title: &str, y: &str, series| LineChart {
+            title: title.into(),
+            x_desc: "Epoch".into(),
+            y_desc: y.into(),
+            series,
+            vlines: Vec::new(),
+            integer_x: true,
+            scatter: false,
+        };
+        let mut gap = t.gap(20, Some(m))?;
+        gap.title = "(c) Perturbation gap to PGD-20".into();
+        Ok(Panels(vec![
+            chart(
+                "(a) Training accuracy",
+                "Train accuracy, own perturbation (%)",
+                t.curve("train_acc_adv", Some(m))?,
+            ),
+            chart(
+                "(b) Test accuracy under PGD-20",
+                "PGD-20 accuracy (%)",
+                t.curve("test_acc_pgd20", Some(m))?,
+            ),
+            gap,
+        ]))
+    }
 }
 
-pub fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panels: &[LineChart]) -> Result<()> {
-    let cells = area.split_evenly((1, panels.len().max(1)));
-    for (cell, c) in cells.iter().zip(panels) {
-        chart::draw(cell, c)?;
+/// Line charts side by side.
+pub struct Panels(pub Vec<LineChart>);
+
+impl Drawing for Panels {
+    /// Drawn when any panel has a run of the methods compared.
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(LineChart::is_empty)
     }
-    Ok(())
+
+    /// Each panel the size of a single figure.
+    fn size(&self) -> (u32, u32) {
+        (super::style::SIZE.0 * self.0.len().max(1) as u32, super::style::SIZE.1)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()> {
+        let cells = area.split_evenly((1, self.0.len().max(1)));
+        for (cell, c) in cells.iter().zip(&self.0) {
+            chart::draw(cell, c)?;
+        }
+        Ok(())
+    }
 }

@@ -1,6 +1,8 @@
 //! Figures 1–5 of the paper, drawn from a study's tidy tables with plotters into
-//! `analyses/<study>/figures/<id>.png` and `.svg`. `data` selects what to draw, `chart` and one file per
-//! figure draw it, `style` fixes fonts, colours and the atomic PNG + SVG rendering.
+//! `analyses/<study>/figures/fig<id>.png` and `.svg`. A figure is one file (`figN.rs`) implementing
+//! `Figure` — its id, the tables it reads, its data selection, its size and a backend-generic `draw` —
+//! and one line in `FIGURES`. `data` holds what several figures share, `chart` the line chart they draw,
+//! `style` fonts, colours and the atomic PNG + SVG rendering.
 
 pub mod chart;
 pub mod data;
@@ -11,153 +13,132 @@ pub mod fig4;
 pub mod fig5;
 pub mod style;
 
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
-use data::{LineChart, StudyTables};
+use plotters::coord::Shift;
+use plotters::prelude::{DrawingArea, DrawingBackend};
+
+use data::StudyTables;
 use style::SIZE;
 
-use crate::analysis::transfer::Source;
 use crate::error::{CovfError, Result};
 
-/// Renders one generic drawing function `f(area, data)` with both backends.
-macro_rules! both {
-    ($dir:expr, $name:expr, $size:expr, $f:path, $data:expr) => {
-        style::render(
-            $dir,
-            $name,
-            $size,
-            &|a: &plotters::prelude::DrawingArea<plotters::prelude::BitMapBackend<'_>, plotters::coord::Shift>| {
-                $f(a, $data)
-            },
-            &|a: &plotters::prelude::DrawingArea<plotters::prelude::SVGBackend<'_>, plotters::coord::Shift>| {
-                $f(a, $data)
-            },
-        )
-    };
+/// What a figure's data knows of drawing itself: a line chart, Figure 1a's image grid, Figure 5's panels.
+pub trait Drawing {
+    /// Nothing to draw: the tables exist but hold none of the rows the figure shows.
+    fn is_empty(&self) -> bool {
+        false
+    }
+    /// Pixel size (SVG uses the same units).
+    fn size(&self) -> (u32, u32) {
+        SIZE
+    }
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()>;
 }
+
+/// One figure: what it reads, what it selects, its size and how it draws (on any plotters backend; by default
+/// as its data draws itself).
+pub trait Figure: 'static {
+    type Data: Drawing;
+    /// `2a`: the file is `fig2a.png`, `covf figures --fig 2a` draws it.
+    const ID: &'static str;
+    /// The study tables it reads (to say which are missing).
+    const NEEDS: &'static [&'static str];
+    /// Its data, selected from the study's tables.
+    fn select(t: &StudyTables) -> Result<Self::Data>;
+    fn size(d: &Self::Data) -> (u32, u32) {
+        d.size()
+    }
+    fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, d: &Self::Data) -> Result<()> {
+        d.draw(area)
+    }
+}
+
+/// The object-safe face of a figure, as the registry holds it.
+pub trait FigureDef: Sync {
+    fn id(&self) -> &'static str;
+    fn needs(&self) -> &'static [&'static str];
+    /// Draws it from the tables in `out` into `dir`; returns the files written.
+    fn render(&self, out: &Path, dir: &Path) -> Result<Vec<PathBuf>>;
+}
+
+/// The registry entry of figure `F`.
+pub struct Entry<F>(PhantomData<fn() -> F>);
+
+impl<F> Entry<F> {
+    pub const fn new() -> Self {
+        Entry(PhantomData)
+    }
+}
+
+impl<F> Default for Entry<F> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<F: Figure> FigureDef for Entry<F> {
+    fn id(&self) -> &'static str {
+        F::ID
+    }
+    fn needs(&self) -> &'static [&'static str] {
+        F::NEEDS
+    }
+    fn render(&self, out: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
+        let t = StudyTables::new(out);
+        let d = F::select(&t)?;
+        if d.is_empty() {
+            return Err(CovfError::data(
+                out,
+                format!(
+                    "figure {}: its tables ({}) have no rows to draw",
+                    F::ID,
+                    F::NEEDS.join(", ")
+                ),
+            ));
+        }
+        style::render(dir, &format!("fig{}", F::ID), F::size(&d), &|a| F::draw(a, &d), &|a| {
+            F::draw(a, &d)
+        })
+    }
+}
+
+/// Every figure, in order.
+pub static FIGURES: &[&dyn FigureDef] = &[
+    &Entry::<fig1::Fig1a>::new(),
+    &Entry::<fig1::Fig1b>::new(),
+    &Entry::<fig2::Fig2a>::new(),
+    &Entry::<fig2::Fig2aOwn>::new(),
+    &Entry::<fig2::Fig2b>::new(),
+    &Entry::<fig3::Fig3>::new(),
+    &Entry::<fig4::Fig4>::new(),
+    &Entry::<fig5::Fig5>::new(),
+];
 
 /// Every figure id, in order.
-pub const ALL: [&str; 8] = ["1a", "1b", "2a", "2a-own", "2b", "3", "4", "5"];
-
-/// Methods Figure 5 compares.
-pub const FIG5_METHODS: [&str; 2] = ["apart", "pgd10"];
-
-/// The tables a figure reads (to say what is missing).
-pub fn needs(id: &str) -> &'static [&'static str] {
-    match id {
-        "1a" => &["perturbations"],
-        "1b" => &["curves"],
-        "2a" | "2a-own" => &["transfer"],
-        "2b" => &["gap-pgd10"],
-        "3" => &["steps"],
-        "4" => &["tradeoff"],
-        "5" => &["curves", "gap-pgd20"],
-        _ => &[],
-    }
+pub fn ids() -> Vec<&'static str> {
+    FIGURES.iter().map(|f| f.id()).collect()
 }
 
-/// Checks a figure id (`2a`, `fig2a` and `Fig. 2a` all name the same figure).
-pub fn parse_id(s: &str) -> Result<String> {
+/// The figure an id names (`2a`, `fig2a` and `Fig. 2a` all name the same figure).
+pub fn lookup(s: &str) -> Result<&'static dyn FigureDef> {
     let t = s.trim().to_ascii_lowercase().replace(['.', ' '], "");
     let t = t.strip_prefix("fig").unwrap_or(&t).to_string();
-    if ALL.contains(&t.as_str()) {
-        Ok(t)
-    } else {
-        Err(CovfError::spec(
-            "--fig",
-            format!("'{s}': figures are {}", ALL.join(", ")),
-        ))
-    }
+    FIGURES
+        .iter()
+        .copied()
+        .find(|f| f.id() == t)
+        .ok_or_else(|| CovfError::spec("--fig", format!("'{s}': figures are {}", ids().join(", "))))
 }
 
-fn fig5_panels(t: &StudyTables) -> Result<Vec<LineChart>> {
-    let m: &[&str] = &FIG5_METHODS;
-    let chart = |title: &str, y: &str, series| LineChart {
-        title: title.into(),
-        x_desc: "Epoch".into(),
-        y_desc: y.into(),
-        series,
-        vlines: Vec::new(),
-        integer_x: true,
-        scatter: false,
-    };
-    let mut gap = t.gap(20, Some(m))?;
-    gap.title = "(c) Perturbation gap to PGD-20".into();
-    Ok(vec![
-        chart(
-            "(a) Training accuracy",
-            "Train accuracy, own perturbation (%)",
-            t.curve("train_acc_adv", Some(m))?,
-        ),
-        chart(
-            "(b) Test accuracy under PGD-20",
-            "PGD-20 accuracy (%)",
-            t.curve("test_acc_pgd20", Some(m))?,
-        ),
-        gap,
-    ])
+/// Whether every table figure `f` needs exists in `out`.
+pub fn available(f: &dyn FigureDef, out: &Path) -> bool {
+    let t = StudyTables::new(out);
+    f.needs().iter().all(|n| t.has(n))
 }
 
-fn nonempty(id: &str, c: LineChart, t: &StudyTables) -> Result<LineChart> {
-    if c.is_empty() {
-        return Err(CovfError::data(
-            &t.dir,
-            format!("figure {id}: its table ({}) has no rows to draw", needs(id).join(", ")),
-        ));
-    }
-    Ok(c)
-}
-
-/// Draws figure `id` from the tables in `out` into `dir`; returns the files written.
+/// Draws the figure `id` names from the tables in `out` into `dir`; returns the files written.
 pub fn render(id: &str, out: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
-    let t = StudyTables::new(out);
-    let name = format!("fig{id}");
-    match id {
-        "1a" => {
-            let g = t.fig1a()?;
-            both!(dir, &name, fig1::size_a(&g), fig1::draw_a, &g)
-        }
-        "1b" => {
-            let c = nonempty(id, t.fig1b()?, &t)?;
-            both!(dir, &name, SIZE, fig1::draw_b, &c)
-        }
-        "2a" => {
-            let c = nonempty(id, t.fig2a()?, &t)?;
-            both!(dir, &name, SIZE, fig2::draw_a, &c)
-        }
-        "2a-own" => {
-            let c = nonempty(id, t.transfer_chart(Source::Own)?, &t)?;
-            both!(dir, &name, SIZE, fig2::draw_a, &c)
-        }
-        "2b" => {
-            let c = nonempty(id, t.gap(10, None)?, &t)?;
-            both!(dir, &name, SIZE, fig2::draw_b, &c)
-        }
-        "3" => {
-            let c = nonempty(id, t.fig3()?, &t)?;
-            both!(dir, &name, SIZE, fig3::draw, &c)
-        }
-        "4" => {
-            let c = nonempty(id, t.fig4()?, &t)?;
-            both!(dir, &name, SIZE, fig4::draw, &c)
-        }
-        "5" => {
-            let panels = fig5_panels(&t)?;
-            if panels.iter().all(LineChart::is_empty) {
-                return Err(CovfError::data(
-                    out,
-                    format!("figure 5: no {} run in curves / gap-pgd20", FIG5_METHODS.join(" or ")),
-                ));
-            }
-            let p: &[LineChart] = &panels;
-            both!(dir, &name, fig5::size(panels.len()), fig5::draw, p)
-        }
-        other => Err(CovfError::spec("--fig", format!("'{other}': no such figure"))),
-    }
-}
-
-/// Whether every table figure `id` needs exists in `out`.
-pub fn available(id: &str, out: &Path) -> bool {
-    let t = StudyTables::new(out);
-    needs(id).iter().all(|n| t.has(n))
+    lookup(id)?.render(out, dir)
 }

@@ -87,6 +87,33 @@ fn text<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, 
     }))
 }
 
+/// A flag's value in a study file as the command line would give it: lists comma-joined; `None` for a switch
+/// set to `false` (not given).
+pub fn flag_text(v: &toml::Value, at: &str) -> Result<Option<String>> {
+    Ok(Some(match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(true) => "true".into(),
+        toml::Value::Boolean(false) => return Ok(None),
+        toml::Value::Array(items) => {
+            let mut parts = Vec::new();
+            for x in items {
+                if let Some(t) = flag_text(x, at)? {
+                    parts.push(t);
+                }
+            }
+            parts.join(",")
+        }
+        other => {
+            return Err(CovfError::spec(
+                at,
+                format!("{other}: expected a string, number, true/false or a list of them"),
+            ))
+        }
+    }))
+}
+
 impl TrainSettings {
     /// Settings from a study file's table (`at` names it in errors: `runs.fgsm`). Keys that are method flags
     /// go to `method_flags`; the rest must be settings, an unknown key is refused with its path.
@@ -96,18 +123,15 @@ impl TrainSettings {
         let mut method_flags = Flags::default();
         for (k, v) in table {
             if flags.iter().any(|(f, _)| f.name == k) {
-                let value = match v {
-                    toml::Value::String(s) => s.clone(),
-                    toml::Value::Integer(i) => i.to_string(),
-                    toml::Value::Float(f) => f.to_string(),
-                    toml::Value::Boolean(true) => "true".into(),
-                    toml::Value::Boolean(false) => continue,
-                    other => {
-                        return Err(CovfError::spec(
-                            format!("{at}.{k}"),
-                            format!("{other}: expected a string, number or true/false"),
-                        ))
-                    }
+                // A method flag takes one value: a list is refused here, not joined.
+                if v.is_array() {
+                    return Err(CovfError::spec(
+                        format!("{at}.{k}"),
+                        format!("{v}: expected a string, number or true/false"),
+                    ));
+                }
+                let Some(value) = flag_text(v, &format!("{at}.{k}"))? else {
+                    continue;
                 };
                 method_flags.set(k, value);
             } else {

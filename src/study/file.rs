@@ -8,24 +8,26 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{PerturbationSpec, StudyRun, StudySpec, TradeoffSpec};
-use crate::analysis::co::CoCriteria;
+use super::{StudyJob, StudyRun, StudySpec};
+use crate::analysis::registry::{by_study_key, Flags};
 use crate::analysis::Images;
 use crate::error::CovfError;
-use crate::run::{Eps, TrainSettings, TrainSpec};
+use crate::run::settings::flag_text;
+use crate::run::TrainSettings;
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct File {
     study: Header,
     #[serde(default)]
     train: toml::Table,
     runs: BTreeMap<String, toml::Table>,
     #[serde(default)]
-    analyses: Analyses,
-    tradeoff: Option<Tradeoff>,
+    analyses: toml::Table,
     #[serde(default)]
     figures: Figures,
+    /// Top-level tables named after an analysis (`[tradeoff]`); any other key is refused.
+    #[serde(flatten)]
+    rest: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,56 +55,6 @@ fn default_batch() -> usize {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct Analyses {
-    reference: Option<String>,
-    #[serde(default)]
-    transfer: Vec<String>,
-    #[serde(default)]
-    gap_pgd10: Vec<String>,
-    #[serde(default)]
-    gap_pgd20: Vec<String>,
-    #[serde(default)]
-    curves: Vec<String>,
-    #[serde(default)]
-    steps: Vec<String>,
-    #[serde(default)]
-    co: Vec<String>,
-    perturbations: Option<Perturbations>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Perturbations {
-    run: String,
-    #[serde(default)]
-    epochs: Vec<usize>,
-    #[serde(default = "default_examples")]
-    examples: usize,
-}
-
-fn default_examples() -> usize {
-    4
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct Tradeoff {
-    methods: Vec<String>,
-    eps_train: Vec<String>,
-    eps_eval: Option<String>,
-    #[serde(default = "default_pgd")]
-    pgd_steps: usize,
-    /// Train flags for the sweep's runs on top of `[train]`.
-    #[serde(default)]
-    train: toml::Table,
-}
-
-fn default_pgd() -> usize {
-    20
-}
-
-#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Figures {
     #[serde(default)]
@@ -118,8 +70,96 @@ fn merged(base: &toml::Table, over: &toml::Table) -> toml::Table {
     t
 }
 
-fn train_spec(table: &toml::Table, at: &str) -> Result<TrainSpec, CovfError> {
-    TrainSettings::from_toml(table, at)?.resolve()
+fn strings(v: &toml::Value, at: &str) -> Result<Vec<String>, CovfError> {
+    let items = match v {
+        toml::Value::String(s) => return Ok(vec![s.clone()]),
+        toml::Value::Array(a) => a,
+        _ => return Err(CovfError::spec(at, "expected a run id or a list of run ids")),
+    };
+    items
+        .iter()
+        .map(|x| {
+            x.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| CovfError::spec(at, format!("{x}: expected a run id (a string)")))
+        })
+        .collect()
+}
+
+/// One analysis key: a list of run ids, or a table of `runs` (or `run`), `epochs`, the analysis's own flags
+/// and, for an analysis that trains, `train` settings on top of the study's `[train]`.
+fn job(key: &str, v: &toml::Value, train: &toml::Table) -> Result<StudyJob, CovfError> {
+    let at = format!("analyses.{key}");
+    let (analysis, mut flags) = by_study_key(key).ok_or_else(|| {
+        CovfError::spec(
+            &at,
+            format!(
+                "no such analysis; the analyses are {}",
+                crate::analysis::ANALYSES
+                    .iter()
+                    .map(|a| a.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    })?;
+    let mut j = StudyJob {
+        analysis: analysis.name().to_string(),
+        runs: Vec::new(),
+        epochs: Vec::new(),
+        flags: Flags::default(),
+        train: TrainSettings::default(),
+    };
+    let mut own_train = toml::Table::new();
+    match v {
+        toml::Value::Table(t) => {
+            for (k, x) in t {
+                let here = format!("{at}.{k}");
+                match k.as_str() {
+                    "runs" | "run" => j.runs = strings(x, &here)?,
+                    "epochs" => {
+                        j.epochs = x
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .map(|e| e.as_integer().and_then(|e| usize::try_from(e).ok()))
+                                    .collect()
+                            })
+                            .unwrap_or(None)
+                            .ok_or_else(|| CovfError::spec(&here, "expected a list of epoch numbers"))?;
+                    }
+                    "train" if analysis.trains() => {
+                        own_train = x
+                            .as_table()
+                            .cloned()
+                            .ok_or_else(|| CovfError::spec(&here, "expected a table of train settings"))?;
+                    }
+                    _ if analysis.flags().iter().any(|f| f.name == k) => {
+                        if let Some(t) = flag_text(x, &here)? {
+                            flags.set(k, t);
+                        }
+                    }
+                    _ => {
+                        let mut known: Vec<&str> = vec!["runs", "epochs"];
+                        if analysis.trains() {
+                            known.push("train");
+                        }
+                        known.extend(analysis.flags().iter().map(|f| f.name));
+                        return Err(CovfError::spec(
+                            &here,
+                            format!("unknown key; {} takes {}", analysis.name(), known.join(", ")),
+                        ));
+                    }
+                }
+            }
+        }
+        other => j.runs = strings(other, &at)?,
+    }
+    if analysis.trains() {
+        j.train = TrainSettings::from_toml(&merged(train, &own_train), &at)?;
+    }
+    j.flags = flags;
+    Ok(j)
 }
 
 /// Parses and validates a study file's text. `dir` is where the study's outputs go.
@@ -136,43 +176,32 @@ pub fn parse(text: &str, path: &Path, dir: Option<PathBuf>) -> crate::Result<Stu
     }
     let mut runs = Vec::new();
     for (id, table) in &f.runs {
-        let spec = train_spec(&merged(&f.train, table), &format!("runs.{id}"))?;
+        let spec = TrainSettings::from_toml(&merged(&f.train, table), &format!("runs.{id}"))?.resolve()?;
         runs.push(StudyRun { id: id.clone(), spec });
     }
-    let tradeoff = match &f.tradeoff {
-        None => None,
-        Some(t) => {
-            let base = merged(&f.train, &t.train);
-            let mut specs = Vec::new();
-            for m in &t.methods {
-                for e in &t.eps_train {
-                    let mut table = base.clone();
-                    table.insert("method".into(), toml::Value::String(m.clone()));
-                    table.insert("eps".into(), toml::Value::String(e.clone()));
-                    if m == "pgd" && !table.contains_key("steps") {
-                        table.insert("steps".into(), toml::Value::Integer(10));
-                    }
-                    specs.push(train_spec(&table, "tradeoff")?);
-                }
-            }
-            let eps_eval = match &t.eps_eval {
-                Some(s) => Eps::parse(s)?.value,
-                // The dataset's default ε, as `covf train` resolves it for the sweep's settings.
-                None => {
-                    let mut table = base.clone();
-                    table.remove("eps");
-                    train_spec(&table, "tradeoff")?.eps.value
-                }
-            };
-            Some(TradeoffSpec {
-                specs,
-                eps_eval,
-                pgd_steps: t.pgd_steps,
-            })
+    let mut reference = None;
+    let mut jobs = Vec::new();
+    for (key, v) in &f.analyses {
+        if key == "reference" {
+            reference = Some(
+                v.as_str()
+                    .ok_or_else(|| CovfError::spec("analyses.reference", "expected a run id"))?
+                    .to_string(),
+            );
+        } else {
+            jobs.push(job(key, v, &f.train)?);
         }
-    };
+    }
+    for (key, v) in &f.rest {
+        if by_study_key(key).is_none() {
+            return Err(CovfError::data(
+                path,
+                format!("unknown key '{key}' (a study has [study], [train], [runs.<id>], [analyses], [figures])"),
+            ));
+        }
+        jobs.push(job(key, v, &f.train)?);
+    }
     let dir = dir.unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).join(&f.study.name));
-    let a = f.analyses;
     let spec = StudySpec {
         name: f.study.name.clone(),
         dir,
@@ -184,20 +213,8 @@ pub fn parse(text: &str, path: &Path, dir: Option<PathBuf>) -> crate::Result<Stu
         seed: f.study.seed,
         batch_size: f.study.batch_size,
         runs,
-        reference: a.reference,
-        transfer: a.transfer,
-        gap_pgd10: a.gap_pgd10,
-        gap_pgd20: a.gap_pgd20,
-        curves: a.curves,
-        steps: a.steps,
-        co: a.co,
-        co_criteria: CoCriteria::default(),
-        perturbations: a.perturbations.map(|p| PerturbationSpec {
-            run: p.run,
-            epochs: p.epochs,
-            examples: p.examples,
-        }),
-        tradeoff,
+        reference,
+        jobs,
         figures: f.figures.draw,
         source: text.to_string(),
     };
@@ -240,6 +257,11 @@ eps-train = ["0.1", "0.2"]
 [figures]
 draw = ["1a", "2a"]
 "#;
+
+    fn sweep_of(s: &StudySpec) -> (Vec<crate::run::TrainSpec>, f32) {
+        let t = s.jobs.iter().find(|j| j.analysis == "tradeoff").unwrap();
+        crate::analysis::tradeoff::sweep(&t.flags, &t.train).unwrap()
+    }
 
     #[test]
     fn a_study_name_cannot_leave_the_analyses_directory() {
@@ -392,12 +414,17 @@ draw = ["1a", "2a"]
             (pgd.epochs, pgd.train_subset, pgd.save_every_epoch),
             (2, Some(512), true)
         );
-        let t = s.tradeoff.as_ref().unwrap();
-        let eps: Vec<f32> = t.specs.iter().map(|x| x.eps.value).collect();
+        let (specs, eps_eval) = sweep_of(&s);
+        let eps: Vec<f32> = specs.iter().map(|x| x.eps.value).collect();
         assert_eq!(eps, [0.1, 0.2]);
         // Evaluation ε defaults to the dataset's, as `covf train` would pick it.
-        assert_eq!(t.eps_eval, 0.15);
-        assert_eq!(s.perturbations.as_ref().unwrap().epochs, [1, 2]);
+        assert_eq!(eps_eval, 0.15);
+        let p = s.jobs.iter().find(|j| j.analysis == "perturbations").unwrap();
+        assert_eq!(
+            (p.runs.as_slice(), p.epochs.as_slice()),
+            (&["fgsm".to_string()][..], &[1, 2][..])
+        );
+        assert_eq!(p.flags.get("examples"), Some("2"));
     }
 
     #[test]
@@ -416,15 +443,15 @@ draw = ["1a", "2a"]
             ]
         );
         // The sweep's ε = 0.15 runs are exactly the study's own runs (so they are reused, not retrained).
-        let t = s.tradeoff.as_ref().unwrap();
-        assert_eq!(t.specs.len(), 4);
+        let (specs, _) = sweep_of(&s);
+        assert_eq!(specs.len(), 4);
         for r in &s.runs {
-            if let Some(same) = t.specs.iter().find(|x| x.name == r.spec.name) {
+            if let Some(same) = specs.iter().find(|x| x.name == r.spec.name) {
                 assert_eq!(same, &r.spec);
             }
         }
         assert_eq!(
-            t.specs
+            specs
                 .iter()
                 .filter(|x| s.runs.iter().any(|r| r.spec.name == x.name))
                 .count(),
@@ -447,5 +474,57 @@ draw = ["1a", "2a"]
         assert!(e.contains("t.toml"), "{e}");
         let unknown_key = SMALL.replace("n = 100", "n = 100\nfoo = 1");
         assert!(parse(&unknown_key, Path::new("t.toml"), None).is_err());
+        // An analysis's own keys are its flags; others are refused with their path and what it takes.
+        let e = parse(
+            &SMALL.replace("examples = 2", "exampels = 2"),
+            Path::new("t.toml"),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("analyses.perturbations.exampels") && e.contains("examples"),
+            "{e}"
+        );
+        let e = parse(&SMALL.replace("[tradeoff]", "[tradeof]"), Path::new("t.toml"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tradeof"), "{e}");
+        let e = parse(
+            &SMALL.replace("co = [\"fgsm\"]", "co = { runs = [\"fgsm\"], drop = -1 }"),
+            Path::new("t.toml"),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--drop"), "{e}");
+    }
+
+    #[test]
+    fn the_plan_runs_the_verdicts_inputs_first_on_the_union_of_runs() {
+        let s = parse(SMALL, Path::new("analyses/t.toml"), None).unwrap();
+        let plan = s.plan().unwrap();
+        let seen: Vec<(&str, Vec<&str>)> = plan
+            .iter()
+            .map(|j| (j.analysis.as_str(), j.runs.iter().map(String::as_str).collect()))
+            .collect();
+        // `transfer` already names fgsm; co adds its gap-pgd10 job; perturbations and the sweep follow.
+        assert_eq!(
+            seen,
+            [
+                ("transfer", vec!["fgsm"]),
+                ("gap", vec!["fgsm"]),
+                ("co", vec!["fgsm"]),
+                ("perturbations", vec!["fgsm"]),
+                ("tradeoff", vec![]),
+            ]
+        );
+        let wider = SMALL.replace("co = [\"fgsm\"]", "co = [\"fgsm\", \"pgd\"]");
+        let plan = parse(&wider, Path::new("analyses/t.toml"), None)
+            .unwrap()
+            .plan()
+            .unwrap();
+        assert_eq!(plan[0].runs, ["fgsm", "pgd"]);
+        assert_eq!(plan[1].flags.get("ref"), Some("pgd10"));
     }
 }

@@ -1,5 +1,5 @@
-//! A whole study in one call: train (or reuse, or resume) its runs, run its analyses into tidy tables, run
-//! the ε sweep, draw the figures, and record what was done in `out/study.json`. Every stage is resumable:
+//! A whole study in one call: train (or reuse, or resume) its runs, run its analyses (from the registry,
+//! `analysis::ANALYSES`) into tidy tables, draw the figures, and record what was done in `out/study.json`. Every stage is resumable:
 //! training resumes from the last complete epoch and analyses read their cache, so an interrupted study
 //! rerun with the same spec continues where it stopped.
 
@@ -11,13 +11,13 @@ use std::time::Instant;
 use candle_core::Device;
 use serde::Serialize;
 
-use crate::analysis::co::CoCriteria;
-use crate::analysis::{self, tidy, AnalysisCtx, EpochRef, Images};
+use crate::analysis::registry::{self, Analysis, Flags, Job};
+use crate::analysis::{self, AnalysisCtx, EpochRef, Images};
 use crate::error::{CovfError, Result};
 use crate::fit::{fit_or_reuse, Reuse};
 use crate::run::checkpoint::{atomic_write, RunDir};
 use crate::run::spec::validate_run_name;
-use crate::run::TrainSpec;
+use crate::run::{TrainSettings, TrainSpec};
 
 /// One run of the study, under the id the spec's analyses use.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,21 +26,31 @@ pub struct StudyRun {
     pub spec: TrainSpec,
 }
 
-/// Figure 1a's selection.
+/// One analysis the study runs: a key of its `[analyses]` table (or a top-level table such as `[tradeoff]`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct PerturbationSpec {
-    pub run: String,
-    /// Epochs to show (empty: all).
+pub struct StudyJob {
+    /// The analysis's registry name (`gap` for the key `gap-pgd20`).
+    pub analysis: String,
+    /// Run ids it reads.
+    pub runs: Vec<String>,
+    /// Epochs it reads (empty: every epoch).
     pub epochs: Vec<usize>,
-    pub examples: usize,
+    /// Its flags, from the key (`gap-pgd20`) and its table.
+    pub flags: Flags,
+    /// Train settings of the runs it trains: `[train]` with its own `train` table on top.
+    pub train: TrainSettings,
 }
 
-/// Figure 4's sweep.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TradeoffSpec {
-    pub specs: Vec<TrainSpec>,
-    pub eps_eval: f32,
-    pub pgd_steps: usize,
+impl StudyJob {
+    fn analysis(&self) -> Result<&'static dyn Analysis> {
+        registry::lookup(&self.analysis)
+            .ok_or_else(|| CovfError::spec("analyses", format!("no analysis named '{}'", self.analysis)))
+    }
+
+    /// The tables it writes, which also name it in messages and in `study.json`.
+    fn tables(&self) -> Result<Vec<String>> {
+        self.analysis()?.tables(&self.flags)
+    }
 }
 
 /// A validated study (the CLI builds it from `analyses/<name>.toml`).
@@ -55,17 +65,9 @@ pub struct StudySpec {
     pub seed: u64,
     pub batch_size: usize,
     pub runs: Vec<StudyRun>,
-    /// Run id whose last epoch is the transfer reference.
+    /// Run id whose last epoch is the reference of every analysis that reads one.
     pub reference: Option<String>,
-    pub transfer: Vec<String>,
-    pub gap_pgd10: Vec<String>,
-    pub gap_pgd20: Vec<String>,
-    pub curves: Vec<String>,
-    pub steps: Vec<String>,
-    pub co: Vec<String>,
-    pub co_criteria: CoCriteria,
-    pub perturbations: Option<PerturbationSpec>,
-    pub tradeoff: Option<TradeoffSpec>,
+    pub jobs: Vec<StudyJob>,
     pub figures: Vec<String>,
     /// The spec file's text, kept in the study's metadata.
     pub source: String,
@@ -99,32 +101,22 @@ impl StudySpec {
                 ))
             }
         };
-        for (what, ids) in [
-            ("analyses.transfer", &self.transfer),
-            ("analyses.gap-pgd10", &self.gap_pgd10),
-            ("analyses.gap-pgd20", &self.gap_pgd20),
-            ("analyses.curves", &self.curves),
-            ("analyses.steps", &self.steps),
-            ("analyses.co", &self.co),
-        ] {
-            for id in ids {
-                known(id, what)?;
+        for j in &self.jobs {
+            let a = j.analysis()?;
+            let at = format!("analyses.{}", j.tables()?.join(","));
+            for id in &j.runs {
+                known(id, &at)?;
             }
+            if a.uses_reference() && self.reference.is_none() {
+                return Err(CovfError::spec(
+                    "analyses.reference",
+                    format!("{at} needs a reference run (e.g. reference = \"pgd10\")"),
+                ));
+            }
+            a.check(&j.flags, &j.train)?;
         }
         if let Some(r) = &self.reference {
             known(r, "analyses.reference")?;
-        }
-        if let Some(p) = &self.perturbations {
-            known(&p.run, "analyses.perturbations.run")?;
-            if p.examples == 0 {
-                return Err(CovfError::spec("analyses.perturbations.examples", "must be at least 1"));
-            }
-        }
-        if (!self.transfer.is_empty() || !self.co.is_empty()) && self.reference.is_none() {
-            return Err(CovfError::spec(
-                "analyses.reference",
-                "transfer strength and the CO verdict need a reference run (e.g. reference = \"pgd10\")",
-            ));
         }
         for r in &self.runs {
             r.spec.validate()?;
@@ -141,7 +133,7 @@ impl StudySpec {
             return Err(CovfError::spec("study", "n and batch-size must be at least 1"));
         }
         for f in &self.figures {
-            crate::figures::parse_id(f)?;
+            crate::figures::lookup(f)?;
         }
         Ok(())
     }
@@ -152,6 +144,46 @@ impl StudySpec {
 
     pub fn figures_dir(&self) -> PathBuf {
         self.dir.join("figures")
+    }
+
+    /// The jobs in the order they run: each analysis's upstream analyses (the CO verdict's transfer and gap)
+    /// are added, or given its runs where the study already has them, and every job runs after those whose
+    /// tables it reads.
+    pub fn plan(&self) -> Result<Vec<StudyJob>> {
+        let mut jobs = self.jobs.clone();
+        let mut i = 0;
+        while i < jobs.len() {
+            for (up, flags) in jobs[i].analysis()?.upstream(&jobs[i].flags)? {
+                let want = StudyJob {
+                    analysis: up.to_string(),
+                    runs: jobs[i].runs.clone(),
+                    epochs: jobs[i].epochs.clone(),
+                    flags,
+                    train: TrainSettings::default(),
+                };
+                let tables = want.tables()?;
+                let mut same = None;
+                for (k, j) in jobs.iter().enumerate() {
+                    if j.analysis == want.analysis && j.epochs == want.epochs && j.tables()? == tables {
+                        same = Some(k);
+                        break;
+                    }
+                }
+                match same {
+                    Some(k) => {
+                        for r in &want.runs {
+                            if !jobs[k].runs.contains(r) {
+                                jobs[k].runs.push(r.clone());
+                            }
+                        }
+                    }
+                    None => jobs.push(want),
+                }
+            }
+            i += 1;
+        }
+        jobs.sort_by_key(|j| registry::order(&j.analysis));
+        Ok(jobs)
     }
 }
 
@@ -236,24 +268,8 @@ pub fn run(spec: &StudySpec, root: &Path, dev: &Device, quiet: bool) -> Result<S
             .map(|(_, d)| d.clone())
             .ok_or_else(|| CovfError::spec("study", format!("no run with id '{id}'")))
     };
-    let epochs_of = |ids: &[String]| -> Result<Vec<EpochRef>> {
-        let mut out = Vec::new();
-        for id in ids {
-            out.extend(analysis::all_epochs(&dir_of(id)?)?);
-        }
-        Ok(out)
-    };
-    let union = |a: &[String], b: &[String]| -> Vec<String> {
-        let mut v = a.to_vec();
-        for x in b {
-            if !v.contains(x) {
-                v.push(x.clone());
-            }
-        }
-        v
-    };
 
-    // 2. Analyses.
+    // 2. Analyses, each on the runs it names.
     let reference = match &spec.reference {
         Some(id) => {
             let d = dir_of(id)?;
@@ -265,114 +281,53 @@ pub fn run(spec: &StudySpec, root: &Path, dev: &Device, quiet: bool) -> Result<S
         }
         None => None,
     };
-    let transfer_ids = union(&spec.transfer, &spec.co);
-    let mut transfers = Vec::new();
-    if let Some(reference) = &reference {
-        if !transfer_ids.is_empty() {
-            let t = Instant::now();
-            say(quiet, &format!("transfer strength on {}", reference.label()));
-            transfers = analysis::transfer::run(&ctx, reference, &epochs_of(&transfer_ids)?)?;
-            tidy::write(&ctx.out, "transfer", &transfers)?;
-            tables.push("transfer".to_string());
-            timed(&mut stages, "transfer", transfer_ids.join(","), t);
-        }
-    }
-    let gap10_ids = union(&spec.gap_pgd10, &spec.co);
-    let mut gaps10 = Vec::new();
-    for (steps, ids) in [(10usize, &gap10_ids), (20, &spec.gap_pgd20)] {
-        if ids.is_empty() {
-            continue;
-        }
+    for j in spec.plan()? {
         let t = Instant::now();
-        say(quiet, &format!("gap to PGD-{steps}"));
-        let rows = analysis::gap::run(&ctx, &epochs_of(ids)?, steps)?;
-        let name = format!("gap-pgd{steps}");
-        tidy::write(&ctx.out, &name, &rows)?;
-        tables.push(name.clone());
-        timed(&mut stages, &name, ids.join(","), t);
-        if steps == 10 {
-            gaps10 = rows;
+        let a = j.analysis()?;
+        let stage = j.tables()?.join(",");
+        say(quiet, &format!("{stage}: {}", a.about()));
+        let runs: Vec<RunDir> = j.runs.iter().map(|id| dir_of(id)).collect::<Result<_>>()?;
+        let mut checkpoints = Vec::new();
+        if a.reads_runs() {
+            for d in &runs {
+                if j.epochs.is_empty() {
+                    checkpoints.extend(analysis::all_epochs(d)?);
+                } else {
+                    for &e in &j.epochs {
+                        checkpoints.push(EpochRef::new(d, e)?);
+                    }
+                }
+            }
         }
-    }
-    if !spec.curves.is_empty() {
-        let t = Instant::now();
-        say(quiet, "curves (with PGD-20 per epoch)");
-        let mut per_run = Vec::new();
-        for id in &spec.curves {
-            let d = dir_of(id)?;
-            per_run.push((d.clone(), analysis::all_epochs(&d)?));
-        }
-        let rows = analysis::curves::run(&ctx, &per_run)?;
-        tidy::write(&ctx.out, "curves", &rows)?;
-        tables.push("curves".to_string());
-        timed(&mut stages, "curves", spec.curves.join(","), t);
-    }
-    if !spec.steps.is_empty() {
-        let t = Instant::now();
-        let ds: Vec<RunDir> = spec.steps.iter().map(|id| dir_of(id)).collect::<Result<_>>()?;
-        let rows = analysis::steps::run(&ds)?;
-        tidy::write(&ctx.out, "steps", &rows)?;
-        tables.push("steps".to_string());
-        timed(&mut stages, "steps", spec.steps.join(","), t);
-    }
-    if !spec.co.is_empty() {
-        let t = Instant::now();
-        let ds: Vec<RunDir> = spec.co.iter().map(|id| dir_of(id)).collect::<Result<_>>()?;
-        let names: Vec<&str> = ds.iter().map(|d| d.name.as_str()).collect();
-        let g: Vec<_> = gaps10
-            .iter()
-            .filter(|r| names.contains(&r.run.as_str()))
-            .cloned()
-            .collect();
-        let tr: Vec<_> = transfers
-            .iter()
-            .filter(|r| names.contains(&r.run.as_str()))
-            .cloned()
-            .collect();
-        let rows = analysis::co::run(&ds, &g, &tr, &spec.co_criteria)?;
-        for r in &rows {
-            say(quiet, &format!("{}: {}", r.run, r.verdict));
-        }
-        tidy::write(&ctx.out, "co", &rows)?;
-        tables.push("co".to_string());
-        timed(&mut stages, "co", spec.co.join(","), t);
-    }
-    if let Some(p) = &spec.perturbations {
-        let t = Instant::now();
-        let d = dir_of(&p.run)?;
-        let cks: Vec<EpochRef> = if p.epochs.is_empty() {
-            analysis::all_epochs(&d)?
-        } else {
-            p.epochs.iter().map(|&e| EpochRef::new(&d, e)).collect::<Result<_>>()?
+        let job = Job {
+            ctx: &ctx,
+            root,
+            runs,
+            checkpoints,
+            reference: if a.uses_reference() { reference.clone() } else { None },
+            flags: j.flags.clone(),
+            train: j.train.clone(),
         };
-        let rows = analysis::perturbations::run(&ctx, &cks, p.examples)?;
-        tidy::write(&ctx.out, "perturbations", &rows)?;
-        tables.push("perturbations".to_string());
-        timed(&mut stages, "perturbations", p.run.clone(), t);
+        let done = a.run(&job)?;
+        for n in done.summary.iter().chain(&done.warnings) {
+            say(quiet, n);
+        }
+        tables.extend(done.tables);
+        let detail = if done.trained.is_empty() {
+            &j.runs
+        } else {
+            &done.trained
+        };
+        timed(&mut stages, &stage, detail.join(","), t);
     }
 
-    // 3. The ε sweep (trains its own runs).
-    if let Some(tr) = &spec.tradeoff {
-        let t = Instant::now();
-        say(quiet, &format!("trade-off sweep: {} runs", tr.specs.len()));
-        let rows = analysis::tradeoff::run(&ctx, root, dev, &tr.specs, tr.eps_eval, tr.pgd_steps)?;
-        tidy::write(&ctx.out, "tradeoff", &rows)?;
-        tables.push("tradeoff".to_string());
-        timed(
-            &mut stages,
-            "tradeoff",
-            tr.specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(","),
-            t,
-        );
-    }
-
-    // 4. Figures.
+    // 3. Figures.
     let mut figures = Vec::new();
     for id in &spec.figures {
         let t = Instant::now();
-        let id = crate::figures::parse_id(id)?;
-        let files = crate::figures::render(&id, &spec.out(), &spec.figures_dir())?;
-        timed(&mut stages, &format!("figure {id}"), String::new(), t);
+        let f = crate::figures::lookup(id)?;
+        let files = f.render(&spec.out(), &spec.figures_dir())?;
+        timed(&mut stages, &format!("figure {}", f.id()), String::new(), t);
         figures.extend(files.iter().map(|f| f.display().to_string()));
     }
 
