@@ -16,15 +16,17 @@
 //! says in its `transfer_generator` column: deterioration is a property of the perturbation the method
 //! trains on. The deterioration epoch is the first epoch showing either sign.
 
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 
-use super::gap::{self, GapRow};
+use super::gap;
 use super::registry::{opt, value, Analysis, Flag, Flags, Job, Outcome};
 use super::tidy;
-use super::transfer::{self, Source, TransferRow};
+use super::transfer::Source;
 use crate::error::{CovfError, Result};
 use crate::run::checkpoint::RunDir;
-use crate::run::metrics::{col_f64, col_u64, read_parquet};
+use crate::run::metrics::{col_f64, col_str, col_u64, read_parquet};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CoCriteria {
@@ -228,21 +230,48 @@ pub fn pgd_series(run: &RunDir) -> Result<Vec<(u64, f64)>> {
     Ok(s)
 }
 
-/// The verdict for each run, from its metrics and its gap and transfer rows.
-pub fn run(runs: &[RunDir], gaps: &[GapRow], transfers: &[TransferRow], c: &CoCriteria) -> Result<Vec<CoRow>> {
+/// A run's gap per epoch: (run, epoch, gap in nats).
+type GapPoint = (String, u64, f64);
+/// A run's own-generator transfer per epoch: (run, epoch, reference accuracy, random baseline).
+type TransferPoint = (String, u64, f64, f64);
+
+/// The gap and own-generator transfer series from the tables the upstream analyses wrote into `out`.
+fn upstream_series(out: &Path, gap_table: &str) -> Result<(Vec<GapPoint>, Vec<TransferPoint>)> {
+    let (gp, tp) = (out.join(format!("{gap_table}.parquet")), out.join("transfer.parquet"));
+    let g = tidy::read(out, gap_table)?;
+    let gaps = col_str(&g, "run", &gp)?
+        .into_iter()
+        .zip(col_u64(&g, "epoch", &gp)?)
+        .zip(col_f64(&g, "gap", &gp)?)
+        .map(|((r, e), v)| (r, e, v))
+        .collect();
+    let t = tidy::read(out, "transfer")?;
+    let transfers = col_str(&t, "run", &tp)?
+        .into_iter()
+        .zip(col_str(&t, "generator", &tp)?)
+        .zip(col_u64(&t, "epoch", &tp)?)
+        .zip(
+            col_f64(&t, "acc_ref", &tp)?
+                .into_iter()
+                .zip(col_f64(&t, "random_acc", &tp)?),
+        )
+        .filter(|(((_, g), _), _)| g == Source::Own.name())
+        .map(|(((r, _), e), (a, b))| (r, e, a, b))
+        .collect();
+    Ok((gaps, transfers))
+}
+
+/// The verdict for each run, from its metrics and its gap and own-generator transfer series.
+pub fn run(runs: &[RunDir], gaps: &[GapPoint], transfers: &[TransferPoint], c: &CoCriteria) -> Result<Vec<CoRow>> {
     let mut out = Vec::new();
     for r in runs {
         let method = r.read_spec()?.method.label();
-        let mut g: Vec<(u64, f64)> = gaps
-            .iter()
-            .filter(|x| x.run == r.name)
-            .map(|x| (x.epoch, x.gap))
-            .collect();
+        let mut g: Vec<(u64, f64)> = gaps.iter().filter(|x| x.0 == r.name).map(|x| (x.1, x.2)).collect();
         g.sort_by_key(|x| x.0);
         let mut t: Vec<(u64, f64, f64)> = transfers
             .iter()
-            .filter(|x| x.run == r.name && x.generator == Source::Own.name())
-            .map(|x| (x.epoch, x.acc_ref, x.random_acc))
+            .filter(|x| x.0 == r.name)
+            .map(|x| (x.1, x.2, x.3))
             .collect();
         t.sort_by_key(|x| x.0);
         out.push(judge(&r.name, &method, &pgd_series(r)?, &g, &t, c));
@@ -250,8 +279,8 @@ pub fn run(runs: &[RunDir], gaps: &[GapRow], transfers: &[TransferRow], c: &CoCr
     Ok(out)
 }
 
-/// `covf analyze co`; `co = [runs]` in a study. It reads the gap and transfer tables of its runs, which run
-/// first (the driver runs `upstream`), and judges each run.
+/// `covf analyze co`; `co = [runs]` in a study. It reads the gap and transfer tables of its runs, written
+/// just before by its upstream analyses (`covf analyze` and `covf study` run them first), and judges each run.
 pub struct Co;
 
 impl Analysis for Co {
@@ -293,9 +322,8 @@ impl Analysis for Co {
     fn run(&self, job: &Job) -> Result<Outcome> {
         let crit = CoCriteria::from_flags(&job.flags)?;
         let steps = gap::pgd_steps(job.flags.get(GAP_REF.name).unwrap_or(GAP_REF.default), "--gap-ref")?;
-        // Both were computed by the upstream analyses just before: these read the scores cache.
-        let gaps = gap::run(job.ctx, &job.checkpoints, steps)?;
-        let transfers = transfer::run(job.ctx, job.reference()?, &job.checkpoints)?;
+        // The upstream analyses wrote both tables just before, over (at least) these runs.
+        let (gaps, transfers) = upstream_series(&job.ctx.out, &format!("gap-pgd{steps}"))?;
         let rows = run(&job.runs, &gaps, &transfers, &crit)?;
         tidy::write(&job.ctx.out, "co", &rows)?;
         let mut lines = vec![format!(
