@@ -5,11 +5,11 @@
 //! the denominator; the sorted logits are gathered at indices sorted without gradient, so the gradient
 //! flows through the values as it does through PyTorch's `sort`.
 
-use candle_core::{DType, Tensor, Var, D};
+use candle_core::{DType, Tensor, D};
 
 use super::per_sample_ce;
 use crate::error::{CovfError, Result};
-use crate::models::{Classifier, Mode};
+use crate::models::{Classifier, Mode, Need};
 
 /// Which loss an attack ascends.
 #[derive(Debug, Clone)]
@@ -105,25 +105,24 @@ pub fn loss_grad(
     loss: &AttackLoss,
     mode: Mode,
 ) -> Result<LossGrad> {
-    let v = Var::from_tensor(x_adv)?;
-    let logits = model.logits(v.as_tensor(), mode)?;
-    let per = loss.per_sample(&logits, y)?;
-    let grads = per.sum_all()?.backward()?;
-    let grad = match grads.get(v.as_tensor()) {
-        Some(g) => g.clone(),
+    let t = model.trace(x_adv, mode, Need::INPUT)?;
+    let logits = t.logits.detach();
+    let per = loss.per_sample(&t.logits, y)?;
+    let grad = match t.backward(&per.sum_all()?)?.input {
+        Some(g) => g,
         None => x_adv.zeros_like()?,
     };
     Ok(LossGrad {
         loss: per.detach().to_vec1::<f32>()?,
         grad,
-        logits: logits.detach(),
+        logits,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{Device, Var};
 
     fn z(dev: &Device) -> Tensor {
         Tensor::new(&[[3.0f32, 1.0, 2.0, -1.0, 0.5], [0.0, 4.0, 1.0, 2.0, 3.0]], dev).unwrap()

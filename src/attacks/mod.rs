@@ -17,7 +17,7 @@ pub mod pgd;
 mod robust;
 pub mod square;
 
-use candle_core::{DType, Tensor, Var, D};
+use candle_core::{DType, Tensor, D};
 
 pub use apgd::Apgd;
 pub use apgd_t::ApgdT;
@@ -33,7 +33,7 @@ pub use pgd::Pgd;
 pub use square::Square;
 
 use crate::error::Result;
-use crate::models::{Classifier, Mode};
+use crate::models::{Classifier, Mode, Need};
 use crate::rng::Rng;
 
 /// Everything an attack may use besides the model and the batch.
@@ -77,16 +77,16 @@ pub fn input_grad(
     y: &Tensor,
     mode: Mode,
 ) -> Result<(Tensor, Tensor)> {
-    let d = Var::from_tensor(delta)?;
-    let logits = model.logits(&(x + d.as_tensor())?, mode)?;
-    let loss = per_sample_ce(&logits, y)?.sum_all()?;
-    let grads = loss.backward()?;
-    let g = match grads.get(d.as_tensor()) {
-        Some(g) => g.clone(),
+    // d/dδ of a loss at x + δ is its gradient w.r.t. the input itself.
+    let t = model.trace(&(x + delta)?, mode, Need::INPUT)?;
+    let logits = t.logits.detach();
+    let loss = per_sample_ce(&t.logits, y)?.sum_all()?;
+    let g = match t.backward(&loss)?.input {
+        Some(g) => g,
         // The loss does not depend on the input at all (a constant model): a zero gradient.
         None => delta.zeros_like()?,
     };
-    Ok((g, logits.detach()))
+    Ok((g, logits))
 }
 
 /// Cross-entropy per example: (N, K) logits, (N,) u32 labels -> (N,).

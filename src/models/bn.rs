@@ -45,6 +45,128 @@ fn cpu_f32<'a>(st: &'a Storage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     }
 }
 
+/// (N, C, H·W) of an activation: what the slice kernels below need to know of its shape.
+pub(crate) type Dims = (usize, usize, usize);
+
+/// Training-mode forward on slices: relu(γ·(x − μ_B)/sqrt(σ²_B + eps) + β) and the per-channel batch
+/// (mean, biased variance), which the backward and the running-statistics update reuse.
+pub(crate) fn train_forward(x: &[f32], g: &[f32], b: &[f32], dims: Dims, eps: f64) -> (Vec<f32>, Vec<(f64, f64)>) {
+    let (n, c, hw) = dims;
+    let stats = channel_stats(x, n, c, hw);
+    let coef: Vec<(f32, f32)> = stats
+        .iter()
+        .enumerate()
+        .map(|(ch, &(m, v))| {
+            let sc = f64::from(g[ch]) / (v + eps).sqrt();
+            (sc as f32, (f64::from(b[ch]) - m * sc) as f32)
+        })
+        .collect();
+    // SAFETY: affine_relu writes all `hw` floats of each chunk.
+    let out = unsafe {
+        kernels::par_filled(x.len(), hw, |i, o| {
+            let (sc, sh) = coef[i % c];
+            kernels::affine_relu(o, &x[i * hw..(i + 1) * hw], sc, sh);
+        })
+    };
+    (out, stats)
+}
+
+/// Training-mode backward on slices, from the forward's input `x`, output `y` and statistics:
+/// (dx, dγ, dβ).
+pub(crate) fn train_backward(
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    g: &[f32],
+    stats: &[(f64, f64)],
+    dims: Dims,
+    eps: f64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (n, c, hw) = dims;
+    let m = (n * hw) as f64;
+    // Per channel, with d = dy·[y > 0]: dβ = Σd, dγ = Σd·x̂ = istd·(Σd·x − μ·Σd), and
+    // dx = γ·istd/m·(m·d − Σd − x̂·dγ), which is A·d + B·x + C with per-channel A, B, C.
+    let sums: Vec<(f64, f64)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut sd, mut sdx) = (0f64, 0f64);
+            for b in 0..n {
+                let o = (b * c + ch) * hw;
+                // y > 0 exactly where the ReLU passed, so dy masked by it is d; the two sums are
+                // Σd and Σd·x (x rebuilt as needed from the third stream).
+                let (a, a2) = kernels::masked_sums(&y[o..o + hw], &dy[o..o + hw], &x[o..o + hw]);
+                sd += f64::from(a);
+                sdx += f64::from(a2);
+            }
+            let (mean, var) = stats[ch];
+            let istd = 1.0 / (var + eps).sqrt();
+            (sd, istd * (sdx - mean * sd))
+        })
+        .collect();
+    let coef: Vec<(f32, f32, f32)> = (0..c)
+        .map(|ch| {
+            let (mean, var) = stats[ch];
+            let istd = 1.0 / (var + eps).sqrt();
+            let (sd, sdxh) = sums[ch];
+            let k = f64::from(g[ch]) * istd / m;
+            let bb = -k * sdxh * istd;
+            ((k * m) as f32, bb as f32, (-k * sd - bb * mean) as f32)
+        })
+        .collect();
+    // SAFETY: masked_affine writes all `hw` floats of each chunk.
+    let dx = unsafe {
+        kernels::par_filled(x.len(), hw, |p, d| {
+            let o = p * hw;
+            kernels::masked_affine(d, &y[o..o + hw], &dy[o..o + hw], &x[o..o + hw], coef[p % c]);
+        })
+    };
+    let dg = sums.iter().map(|s| s.1 as f32).collect();
+    let db = sums.iter().map(|s| s.0 as f32).collect();
+    (dx, dg, db)
+}
+
+/// relu(x·scale + shift) per channel on slices (batch norm in eval mode, folded).
+pub(crate) fn affine_forward(x: &[f32], sc: &[f32], sh: &[f32], dims: Dims) -> Vec<f32> {
+    let (_, c, hw) = dims;
+    // SAFETY: affine_relu writes all `hw` floats of each chunk.
+    unsafe {
+        kernels::par_filled(x.len(), hw, |i, o| {
+            kernels::affine_relu(o, &x[i * hw..(i + 1) * hw], sc[i % c], sh[i % c]);
+        })
+    }
+}
+
+/// The input gradient of `affine_forward`, dy·[y > 0]·scale, and with `sums` the per-plane partial sums
+/// (Σd·x, Σd) its scale and shift gradients are folded from.
+pub(crate) fn affine_backward(
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    sc: &[f32],
+    dims: Dims,
+    sums: bool,
+) -> (Vec<f32>, Vec<(f32, f32)>) {
+    let (_, c, hw) = dims;
+    let planes = x.len() / hw.max(1);
+    let mut partial = vec![(0f32, 0f32); if sums { planes } else { 0 }];
+    // Per plane, while it is in cache: dx = dy·[y > 0]·scale, then (optionally) the partial sums.
+    // SAFETY: masked_scale writes all `hw` floats of each chunk.
+    let dx = unsafe {
+        kernels::par_filled(x.len(), hw, |p, d| {
+            let o = p * hw;
+            kernels::masked_scale(d, &y[o..o + hw], &dy[o..o + hw], sc[p % c]);
+        })
+    };
+    if sums {
+        partial.par_iter_mut().enumerate().for_each(|(p, s)| {
+            let o = p * hw;
+            let (sh, ss) = kernels::masked_sums(&y[o..o + hw], &dy[o..o + hw], &x[o..o + hw]);
+            *s = (ss, sh);
+        });
+    }
+    (dx, partial)
+}
+
 /// Batch statistics of one forward, shared with its backward and with the running-statistics update.
 type StatsCell = Arc<OnceLock<Vec<(f64, f64)>>>;
 
@@ -71,25 +193,9 @@ impl CustomOp3 for BnReluTrain {
         let x = slice(s1, l1, "bn")?;
         let g = slice(s2, l2, "bn weight")?;
         let b = slice(s3, l3, "bn bias")?;
-        let (n, c, hw) = dims(l1)?;
-        let stats = channel_stats(x, n, c, hw);
-        let coef: Vec<(f32, f32)> = stats
-            .iter()
-            .enumerate()
-            .map(|(ch, &(m, v))| {
-                let sc = f64::from(g[ch]) / (v + self.eps).sqrt();
-                (sc as f32, (f64::from(b[ch]) - m * sc) as f32)
-            })
-            .collect();
+        let (out, stats) = train_forward(x, g, b, dims(l1)?, self.eps);
         // An op object runs forward once; a second forward through the same object cannot happen.
         let _ = self.stats.set(stats);
-        // SAFETY: affine_relu writes all `hw` floats of each chunk.
-        let out = unsafe {
-            kernels::par_filled(x.len(), hw, |i, o| {
-                let (sc, sh) = coef[i % c];
-                kernels::affine_relu(o, &x[i * hw..(i + 1) * hw], sc, sh);
-            })
-        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -102,7 +208,6 @@ impl CustomOp3 for BnReluTrain {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c, h, w) = x.dims4()?;
-        let hw = h * w;
         let gv = g.to_vec1::<f32>()?;
         let grad = grad.contiguous()?;
         let (xs, xl) = x.storage_and_layout();
@@ -113,48 +218,15 @@ impl CustomOp3 for BnReluTrain {
         let dyv = cpu_f32(&ds, dl, "bn backward gradient")?;
         let stats = match self.stats.get() {
             Some(s) => s.clone(),
-            None => channel_stats(xv, n, c, hw),
+            None => channel_stats(xv, n, c, h * w),
         };
-        let m = (n * hw) as f64;
-        // Per channel, with d = dy·[y > 0]: dβ = Σd, dγ = Σd·x̂ = istd·(Σd·x − μ·Σd), and
-        // dx = γ·istd/m·(m·d − Σd − x̂·dγ), which is A·d + B·x + C with per-channel A, B, C.
-        let sums: Vec<(f64, f64)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let (mut sd, mut sdx) = (0f64, 0f64);
-                for b in 0..n {
-                    let o = (b * c + ch) * hw;
-                    // y > 0 exactly where the ReLU passed, so dy masked by it is d; the two sums are
-                    // Σd and Σd·x (x rebuilt as needed from the third stream).
-                    let (a, a2) = kernels::masked_sums(&yv[o..o + hw], &dyv[o..o + hw], &xv[o..o + hw]);
-                    sd += f64::from(a);
-                    sdx += f64::from(a2);
-                }
-                let (mean, var) = stats[ch];
-                let istd = 1.0 / (var + self.eps).sqrt();
-                (sd, istd * (sdx - mean * sd))
-            })
-            .collect();
-        let coef: Vec<(f32, f32, f32)> = (0..c)
-            .map(|ch| {
-                let (mean, var) = stats[ch];
-                let istd = 1.0 / (var + self.eps).sqrt();
-                let (sd, sdxh) = sums[ch];
-                let k = f64::from(gv[ch]) * istd / m;
-                let bb = -k * sdxh * istd;
-                ((k * m) as f32, bb as f32, (-k * sd - bb * mean) as f32)
-            })
-            .collect();
-        let mut dx = vec![0f32; xv.len()];
-        dx.par_chunks_mut(hw).enumerate().for_each(|(p, d)| {
-            let o = p * hw;
-            kernels::masked_affine(d, &yv[o..o + hw], &dyv[o..o + hw], &xv[o..o + hw], coef[p % c]);
-        });
+        let (dx, dg, db) = train_backward(xv, yv, dyv, &gv, &stats, (n, c, h * w), self.eps);
         let dev = x.device();
-        let dx = Tensor::from_vec(dx, (n, c, h, w), dev)?;
-        let dg = Tensor::from_vec(sums.iter().map(|s| s.1 as f32).collect::<Vec<_>>(), c, dev)?;
-        let db = Tensor::from_vec(sums.iter().map(|s| s.0 as f32).collect::<Vec<_>>(), c, dev)?;
-        Ok((Some(dx), Some(dg), Some(db)))
+        Ok((
+            Some(Tensor::from_vec(dx, (n, c, h, w), dev)?),
+            Some(Tensor::from_vec(dg, c, dev)?),
+            Some(Tensor::from_vec(db, c, dev)?),
+        ))
     }
 }
 
@@ -178,13 +250,7 @@ impl CustomOp3 for AffineRelu {
         let x = slice(s1, l1, "affine")?;
         let sc = slice(s2, l2, "affine scale")?;
         let sh = slice(s3, l3, "affine shift")?;
-        let (_, c, hw) = dims(l1)?;
-        // SAFETY: affine_relu writes all `hw` floats of each chunk.
-        let out = unsafe {
-            kernels::par_filled(x.len(), hw, |i, o| {
-                kernels::affine_relu(o, &x[i * hw..(i + 1) * hw], sc[i % c], sh[i % c]);
-            })
-        };
+        let out = affine_forward(x, sc, sh, dims(l1)?);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -192,12 +258,11 @@ impl CustomOp3 for AffineRelu {
         &self,
         x: &Tensor,
         scale: &Tensor,
-        _shift: &Tensor,
+        shift: &Tensor,
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c, h, w) = x.dims4()?;
-        let hw = h * w;
         let sc = scale.to_vec1::<f32>()?;
         let grad = grad.contiguous()?;
         let (xs, xl) = x.storage_and_layout();
@@ -206,28 +271,22 @@ impl CustomOp3 for AffineRelu {
         let xv = cpu_f32(&xs, xl, "affine backward input")?;
         let yv = cpu_f32(&ys, yl, "affine backward output")?;
         let dyv = cpu_f32(&ds, dl, "affine backward gradient")?;
-        let mut dx = vec![0f32; xv.len()];
-        // Per plane, while it is in cache: dx = dy·[y > 0]·scale, then partial sums for dscale and dshift.
-        let partial: Vec<(f32, f32)> = dx
-            .par_chunks_mut(hw)
-            .enumerate()
-            .map(|(p, d)| {
-                let o = p * hw;
-                let (y, dy, x) = (&yv[o..o + hw], &dyv[o..o + hw], &xv[o..o + hw]);
-                kernels::masked_scale(d, y, dy, sc[p % c]);
-                let (sh, ss) = kernels::masked_sums(y, dy, x);
-                (ss, sh)
-            })
-            .collect();
+        // Scale and shift carry gradients only when they depend on tracked weights.
+        let sums = scale.track_op() || shift.track_op();
+        let (dx, partial) = affine_backward(xv, yv, dyv, &sc, (n, c, h * w), sums);
+        let dev = x.device();
+        let dx = Some(Tensor::from_vec(dx, (n, c, h, w), dev)?);
+        if !sums {
+            return Ok((dx, None, None));
+        }
         let mut dscale = vec![0f32; c];
         let mut dshift = vec![0f32; c];
         for (p, (ss, sh)) in partial.iter().enumerate() {
             dscale[p % c] += ss;
             dshift[p % c] += sh;
         }
-        let dev = x.device();
         Ok((
-            Some(Tensor::from_vec(dx, (n, c, h, w), dev)?),
+            dx,
             Some(Tensor::from_vec(dscale, c, dev)?),
             Some(Tensor::from_vec(dshift, c, dev)?),
         ))

@@ -47,7 +47,7 @@ pub(crate) struct Geom {
 }
 
 impl Geom {
-    fn new(x: &[usize], wt: &[usize], stride: usize, pad: usize) -> Result<Self> {
+    pub(crate) fn new(x: &[usize], wt: &[usize], stride: usize, pad: usize) -> Result<Self> {
         let (&[n, c, h, w], &[cout, cw, k, k2]) = (x, wt) else {
             candle_core::bail!("conv2d: expected 4-D input and weight, got {x:?} and {wt:?}")
         };
@@ -66,6 +66,16 @@ impl Geom {
             ho: (h + 2 * pad - k) / stride + 1,
             wo: (w + 2 * pad - k) / stride + 1,
         })
+    }
+
+    /// (N, Cout, Ho, Wo) of the output.
+    pub(crate) fn out_dims(&self) -> [usize; 4] {
+        [self.n, self.cout, self.ho, self.wo]
+    }
+
+    /// (N, C, H, W) of the input.
+    pub(crate) fn in_dims(&self) -> [usize; 4] {
+        [self.n, self.c, self.h, self.w]
     }
 
     fn p(&self) -> usize {
@@ -321,7 +331,7 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 }
 
 /// The forward kernel: per image, columns then one GEMM into that image's output block.
-fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (p, r) = (g.p(), g.r());
     let fill = |b: usize, o: &mut [MaybeUninit<f32>]| {
         let xb = &x[b * g.img()..(b + 1) * g.img()];
@@ -406,41 +416,45 @@ impl CustomOp2 for ConvBwdData {
             candle_core::bail!("conv2d backward: gradient {dims:?} does not match the output of {x_dims:?}")
         }
         let (dy, w) = (f32_slice(ds, dl, "conv2d grad")?, f32_slice(ws, wl, "conv2d weight")?);
-        if g.stride == 1 && 2 * g.pad + 1 == g.k && g.k > 1 {
-            // A stride-1 "same" conv's input gradient is the same conv of dY by the flipped,
-            // channel-swapped kernel: one GEMM with K = Cout·k·k per image, instead of a K = Cout
-            // GEMM and a scatter-add (col2im) over k·k shifted copies.
-            let gt = Geom {
-                c: g.cout,
-                h: g.ho,
-                w: g.wo,
-                cout: g.c,
-                ho: g.h,
-                wo: g.w,
-                ..g
-            };
-            let dx = forward(&gt, dy, &flipped_kernel(&g, w));
-            return Ok((CpuStorage::F32(dx), Shape::from(x_dims.to_vec())));
-        }
-        let (p, r) = (g.p(), g.r());
-        let mut dx = vec![0f32; g.n * g.img()];
-        let wt = Mat::transposed(w, r);
-        if g.pointwise() {
-            dx.par_chunks_mut(g.img()).enumerate().for_each(|(b, dxb)| {
-                let dyb = &dy[b * g.cout * p..(b + 1) * g.cout * p];
-                gemm(r, p, g.cout, dxb, false, wt, Mat::rows(dyb, p));
-            });
-        } else {
-            dx.par_chunks_mut(g.img()).enumerate().for_each(|(b, dxb)| {
-                with_scratch(r * p, |dcols| {
-                    let dyb = &dy[b * g.cout * p..(b + 1) * g.cout * p];
-                    gemm(r, p, g.cout, dcols, false, wt, Mat::rows(dyb, p));
-                    col2im(&g, dcols, dxb);
-                })
-            });
-        }
-        Ok((CpuStorage::F32(dx), Shape::from(x_dims.to_vec())))
+        Ok((CpuStorage::F32(backward_data(&g, dy, w)), Shape::from(x_dims.to_vec())))
     }
+}
+
+/// dX of the conv `g` from dY and the weight.
+pub(crate) fn backward_data(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    if g.stride == 1 && 2 * g.pad + 1 == g.k && g.k > 1 {
+        // A stride-1 "same" conv's input gradient is the same conv of dY by the flipped,
+        // channel-swapped kernel: one GEMM with K = Cout·k·k per image, instead of a K = Cout
+        // GEMM and a scatter-add (col2im) over k·k shifted copies.
+        let gt = Geom {
+            c: g.cout,
+            h: g.ho,
+            w: g.wo,
+            cout: g.c,
+            ho: g.h,
+            wo: g.w,
+            ..*g
+        };
+        return forward(&gt, dy, &flipped_kernel(g, w));
+    }
+    let (p, r) = (g.p(), g.r());
+    let mut dx = vec![0f32; g.n * g.img()];
+    let wt = Mat::transposed(w, r);
+    if g.pointwise() {
+        dx.par_chunks_mut(g.img()).enumerate().for_each(|(b, dxb)| {
+            let dyb = &dy[b * g.cout * p..(b + 1) * g.cout * p];
+            gemm(r, p, g.cout, dxb, false, wt, Mat::rows(dyb, p));
+        });
+    } else {
+        dx.par_chunks_mut(g.img()).enumerate().for_each(|(b, dxb)| {
+            with_scratch(r * p, |dcols| {
+                let dyb = &dy[b * g.cout * p..(b + 1) * g.cout * p];
+                gemm(r, p, g.cout, dcols, false, wt, Mat::rows(dyb, p));
+                col2im(g, dcols, dxb);
+            })
+        });
+    }
+    dx
 }
 
 /// (Cout, C, k, k) -> (C, Cout, k, k) with both spatial axes reversed: the kernel of the adjoint conv.
@@ -483,36 +497,42 @@ impl CustomOp2 for ConvBwdWeight {
             candle_core::bail!("conv2d weight gradient: gradient {dd:?} does not match the output of {xd:?}")
         }
         let (x, dy) = (f32_slice(xs, xl, "conv2d input")?, f32_slice(ds, dl, "conv2d grad")?);
-        let (p, r) = (g.p(), g.r());
-        let chunks = WGRAD_CHUNKS.min(g.n).max(1);
-        let per = g.n.div_ceil(chunks);
-        let partials: Vec<Vec<f32>> = (0..chunks)
-            .into_par_iter()
-            .map(|t| {
-                let mut dw = vec![0f32; g.cout * r];
-                let mut cols = if g.pointwise() { Vec::new() } else { vec![0f32; r * p] };
-                for b in t * per..((t + 1) * per).min(g.n) {
-                    let dyb = &dy[b * g.cout * p..(b + 1) * g.cout * p];
-                    let xb = &x[b * g.img()..(b + 1) * g.img()];
-                    let colst = if g.pointwise() {
-                        Mat::transposed(xb, p)
-                    } else {
-                        im2col(&g, xb, &mut cols);
-                        Mat::transposed(&cols, p)
-                    };
-                    gemm(g.cout, r, p, &mut dw, true, Mat::rows(dyb, p), colst);
-                }
-                dw
-            })
-            .collect();
-        let mut dw = vec![0f32; g.cout * r];
-        for part in &partials {
-            for (d, v) in dw.iter_mut().zip(part) {
-                *d += v;
-            }
-        }
-        Ok((CpuStorage::F32(dw), Shape::from(wd.to_vec())))
+        Ok((CpuStorage::F32(backward_weight(&g, x, dy)), Shape::from(wd.to_vec())))
     }
+}
+
+/// dW of the conv `g` from its input and dY: Σ_b dY_b · cols_bᵀ, over `WGRAD_CHUNKS` fixed batch chunks
+/// summed in order.
+pub(crate) fn backward_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (p, r) = (g.p(), g.r());
+    let chunks = WGRAD_CHUNKS.min(g.n).max(1);
+    let per = g.n.div_ceil(chunks);
+    let partials: Vec<Vec<f32>> = (0..chunks)
+        .into_par_iter()
+        .map(|t| {
+            let mut dw = vec![0f32; g.cout * r];
+            let mut cols = if g.pointwise() { Vec::new() } else { vec![0f32; r * p] };
+            for b in t * per..((t + 1) * per).min(g.n) {
+                let dyb = &dy[b * g.cout * p..(b + 1) * g.cout * p];
+                let xb = &x[b * g.img()..(b + 1) * g.img()];
+                let colst = if g.pointwise() {
+                    Mat::transposed(xb, p)
+                } else {
+                    im2col(g, xb, &mut cols);
+                    Mat::transposed(&cols, p)
+                };
+                gemm(g.cout, r, p, &mut dw, true, Mat::rows(dyb, p), colst);
+            }
+            dw
+        })
+        .collect();
+    let mut dw = vec![0f32; g.cout * r];
+    for part in &partials {
+        for (d, v) in dw.iter_mut().zip(part) {
+            *d += v;
+        }
+    }
+    dw
 }
 
 /// 2-D convolution (no bias, dilation 1, groups 1) of (N, C, H, W) by (Cout, C, k, k), per image.

@@ -186,20 +186,21 @@ multiversion! {
 }
 
 multiversion! {
-    /// out = a·d + b·x + c with d = dy where y > 0, else 0 (the batch-norm + ReLU input gradient).
-    pub fn masked_affine(out: &mut [f32], y: &[f32], dy: &[f32], x: &[f32], abc: (f32, f32, f32)) {
+    /// out = a·d + b·x + c with d = dy where y > 0, else 0 (the batch-norm + ReLU input gradient),
+    /// written into fresh memory like `affine_relu`.
+    pub fn masked_affine(out: &mut [MaybeUninit<f32>], y: &[f32], dy: &[f32], x: &[f32], abc: (f32, f32, f32)) {
         let (a, b, c) = abc;
         for (((o, &y), &dy), &x) in out.iter_mut().zip(y).zip(dy).zip(x) {
-            *o = a * pass_if_positive(y, dy) + b * x + c;
+            o.write(a * pass_if_positive(y, dy) + b * x + c);
         }
     }
 }
 
 multiversion! {
     /// out = a·d with d = dy where y > 0, else 0 (the gradient through a folded batch norm + ReLU).
-    pub fn masked_scale(out: &mut [f32], y: &[f32], dy: &[f32], a: f32) {
+    pub fn masked_scale(out: &mut [MaybeUninit<f32>], y: &[f32], dy: &[f32], a: f32) {
         for ((o, &y), &dy) in out.iter_mut().zip(y).zip(dy) {
-            *o = a * pass_if_positive(y, dy);
+            o.write(a * pass_if_positive(y, dy));
         }
     }
 }
@@ -230,8 +231,10 @@ mod tests {
         let want_d: f32 = (0..37).filter(|&i| y[i] > 0.0).map(|i| dy[i]).sum();
         let want_dx: f32 = (0..37).filter(|&i| y[i] > 0.0).map(|i| dy[i] * x[i]).sum();
         assert!((d - want_d).abs() < 1e-4 && (dx - want_dx).abs() < 1e-3, "{d} {dx}");
-        let mut out = vec![0f32; 37];
+        let mut out = vec![MaybeUninit::uninit(); 37];
         masked_affine(&mut out, &y, &dy, &x, (2.0, 0.5, -1.0));
+        // SAFETY: masked_affine wrote all 37.
+        let out: Vec<f32> = out.iter().map(|o| unsafe { o.assume_init() }).collect();
         for i in 0..37 {
             let d = if y[i] > 0.0 { dy[i] } else { 0.0 };
             assert_eq!(out[i], 2.0 * d + 0.5 * x[i] - 1.0);

@@ -119,8 +119,7 @@ impl BatchNorm {
         let bshape = (1, c, 1, 1);
         match mode {
             Mode::Eval => {
-                let scale = (self.weight.as_ref() / (self.running_var.as_tensor() + self.eps)?.sqrt()?)?;
-                let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
+                let (scale, shift) = self.folded()?;
                 Ok(x.broadcast_mul(&scale.reshape(bshape)?)?
                     .broadcast_add(&shift.reshape(bshape)?)?)
             }
@@ -165,23 +164,33 @@ impl BatchNorm {
         }
         match mode {
             Mode::Eval => {
-                let scale = (self.weight.as_ref() / (self.running_var.as_tensor() + self.eps)?.sqrt()?)?;
-                let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
+                let (scale, shift) = self.folded()?;
                 Ok(super::bn::affine_relu(x, &scale, &shift)?)
             }
             Mode::Train { update_stats } => {
                 let (out, stats) = super::bn::bn_relu_train(x, &self.weight, &self.bias, self.eps)?;
                 if update_stats {
-                    let dev = x.device();
-                    let mean =
-                        Tensor::from_vec(stats.iter().map(|s| s.0 as f32).collect::<Vec<_>>(), stats.len(), dev)?;
-                    let var = Tensor::from_vec(stats.iter().map(|s| s.1 as f32).collect::<Vec<_>>(), stats.len(), dev)?;
                     let (n, _, h, w) = x.dims4()?;
-                    self.update_running(&mean, &var, (n * h * w) as f64)?;
+                    self.record_batch(&stats, n * h * w)?;
                 }
                 Ok(out)
             }
         }
+    }
+
+    /// Eval mode folded into a per-channel (scale, shift).
+    pub(crate) fn folded(&self) -> Result<(Tensor, Tensor)> {
+        let scale = (self.weight.as_ref() / (self.running_var.as_tensor() + self.eps)?.sqrt()?)?;
+        let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
+        Ok((scale, shift))
+    }
+
+    /// The running-statistics update from one batch's per-channel (mean, biased variance) over `m` values.
+    pub(crate) fn record_batch(&self, stats: &[(f64, f64)], m: usize) -> Result<()> {
+        let dev = self.running_mean.device();
+        let mean = Tensor::from_vec(stats.iter().map(|s| s.0 as f32).collect::<Vec<_>>(), stats.len(), dev)?;
+        let var = Tensor::from_vec(stats.iter().map(|s| s.1 as f32).collect::<Vec<_>>(), stats.len(), dev)?;
+        self.update_running(&mean, &var, m as f64)
     }
 
     pub fn detached(&self) -> Self {

@@ -6,6 +6,7 @@ mod kernels;
 pub mod layers;
 pub mod params;
 pub mod preact;
+pub mod tape;
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 pub use layers::Mode;
 pub use params::ParamStore;
 pub use preact::PreActResNet;
+pub use tape::{Backward, Need, Traced};
 
 use crate::data::DatasetKind;
 use crate::error::{CovfError, Result};
@@ -21,11 +23,21 @@ use crate::rng::Rng;
 /// Anything that maps pixel-space inputs to logits; attacks only need this.
 pub trait Classifier {
     fn logits(&self, x: &Tensor, mode: Mode) -> Result<Tensor>;
+
+    /// The forward at `x`, ready for one backward that computes what `need` asks for (candle's graph
+    /// unless the model has its own backward).
+    fn trace(&self, x: &Tensor, mode: Mode, need: Need) -> Result<Traced> {
+        tape::graph_trace(x, &[], need, |x, _| self.logits(x, mode))
+    }
 }
 
 impl Classifier for PreActResNet {
     fn logits(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         self.forward_perturbed(x, &[], mode)
+    }
+
+    fn trace(&self, x: &Tensor, mode: Mode, need: Need) -> Result<Traced> {
+        self.trace_perturbed(x, &[], mode, need)
     }
 }
 

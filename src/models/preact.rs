@@ -8,17 +8,18 @@ use candle_core::{DType, Tensor};
 
 use super::layers::{global_avg_pool, BatchNorm, Conv2d, Linear, Mode};
 use super::params::ParamStore;
+use super::tape::{self, Need, Traced};
 use super::{ArchSpec, Naming};
 use crate::error::{CovfError, Result};
 use crate::rng::Rng;
 
 #[derive(Debug, Clone)]
-struct Block {
-    bn1: BatchNorm,
-    conv1: Conv2d,
-    bn2: BatchNorm,
-    conv2: Conv2d,
-    shortcut: Option<Conv2d>,
+pub(super) struct Block {
+    pub(super) bn1: BatchNorm,
+    pub(super) conv1: Conv2d,
+    pub(super) bn2: BatchNorm,
+    pub(super) conv2: Conv2d,
+    pub(super) shortcut: Option<Conv2d>,
 }
 
 impl Block {
@@ -53,14 +54,14 @@ impl Block {
 #[derive(Debug, Clone)]
 pub struct PreActResNet {
     spec: ArchSpec,
-    mean: Tensor,
-    inv_std: Tensor,
-    stem: Conv2d,
-    blocks: Vec<Block>,
+    pub(super) mean: Tensor,
+    pub(super) inv_std: Tensor,
+    pub(super) stem: Conv2d,
+    pub(super) blocks: Vec<Block>,
     /// (channels, stride) at each block's branch input, for building perturbation shapes.
     block_io: Vec<(usize, usize)>,
-    bn: BatchNorm,
-    head: Linear,
+    pub(super) bn: BatchNorm,
+    pub(super) head: Linear,
     /// Compute dtype of convolutions and activations (f32, or bf16/f16 for mixed precision); weights,
     /// batch-norm statistics and logits stay f32.
     compute: DType,
@@ -165,14 +166,30 @@ impl PreActResNet {
             .collect()
     }
 
-    /// Logits for pixel-space `x`, with optional per-block perturbations (`deltas[i]` for block i).
-    pub fn forward_perturbed(&self, x: &Tensor, deltas: &[Option<Tensor>], mode: Mode) -> Result<Tensor> {
+    fn check_deltas(&self, deltas: &[Option<Tensor>]) -> Result<()> {
         if !deltas.is_empty() && deltas.len() != self.blocks.len() {
             return Err(CovfError::spec(
                 "block perturbations",
                 format!("{} given, the model has {} blocks", deltas.len(), self.blocks.len()),
             ));
         }
+        Ok(())
+    }
+
+    /// `forward_perturbed`, recorded for one backward that computes only what `need` asks for: covf's
+    /// own backward (models/tape.rs) on CPU in f32, candle's graph elsewhere.
+    pub fn trace_perturbed(&self, x: &Tensor, deltas: &[Option<Tensor>], mode: Mode, need: Need) -> Result<Traced> {
+        self.check_deltas(deltas)?;
+        if tape::applies(self, x, deltas, mode, need) {
+            tape::record(self, x, deltas, mode, need)
+        } else {
+            tape::graph_trace(x, deltas, need, |x, d| self.forward_perturbed(x, d, mode))
+        }
+    }
+
+    /// Logits for pixel-space `x`, with optional per-block perturbations (`deltas[i]` for block i).
+    pub fn forward_perturbed(&self, x: &Tensor, deltas: &[Option<Tensor>], mode: Mode) -> Result<Tensor> {
+        self.check_deltas(deltas)?;
         let x = x.broadcast_sub(&self.mean)?.broadcast_mul(&self.inv_std)?;
         let x = if x.dtype() == self.compute {
             x

@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Tensor};
 
 use serde::{Deserialize, Serialize};
 
@@ -31,7 +31,7 @@ use super::{MethodEnv, StepCtx, StepSize, StepStats, TrainMethod};
 use crate::attacks::Generator;
 use crate::data::Batch;
 use crate::error::{CovfError, Result};
-use crate::models::{Mode, PreActResNet};
+use crate::models::{Mode, Need, PreActResNet};
 use crate::optim::LrSchedule;
 use crate::rng::Rng;
 
@@ -346,29 +346,37 @@ impl TrainMethod for ApartTraining {
             Some(o) => (o * a_init)?.clamp(-eps, eps)?,
             None => x.zeros_like()?,
         };
-        let x1 = Var::from_tensor(&(x + &start)?.clamp(0f32, 1f32)?)?;
-        let block_vars: Vec<Var> = if self.cfg.layerwise {
+        let x1 = (x + &start)?.clamp(0f32, 1f32)?;
+        let zeros: Vec<Option<Tensor>> = if self.cfg.layerwise {
             model
                 .block_shapes(n, h, w)
                 .iter()
-                .map(|s| Var::zeros(s.as_slice(), DType::F32, x.device()))
+                .map(|s| Tensor::zeros(s.as_slice(), DType::F32, x.device()).map(Some))
                 .collect::<candle_core::Result<_>>()?
         } else {
             Vec::new()
         };
-        let deltas1: Vec<Option<Tensor>> = block_vars.iter().map(|v| Some(v.as_tensor().clone())).collect();
-        let frozen = model.detached();
-        let loss1 =
-            candle_nn::loss::cross_entropy(&frozen.forward_perturbed(x1.as_tensor(), &deltas1, ctx.attack_mode)?, y)?;
-        let g1 = loss1.backward()?;
-        let sign_of = |v: &Var| -> Result<Tensor> {
-            Ok(match g1.get(v.as_tensor()) {
+        let need = Need {
+            input: true,
+            params: false,
+            deltas: true,
+        };
+        let t1 = model.detached().trace_perturbed(&x1, &zeros, ctx.attack_mode, need)?;
+        let loss1 = candle_nn::loss::cross_entropy(&t1.logits, y)?;
+        let g1 = t1.backward(&loss1)?;
+        let sign_or_zero = |g: Option<&Tensor>, like: &Tensor| -> Result<Tensor> {
+            Ok(match g {
                 Some(g) => g.sign()?,
-                None => v.as_tensor().zeros_like()?,
+                None => like.zeros_like()?,
             })
         };
-        let sx = sign_of(&x1)?;
-        let sb: Vec<Tensor> = block_vars.iter().map(sign_of).collect::<Result<_>>()?;
+        let sx = sign_or_zero(g1.input.as_ref(), &x1)?;
+        let sb: Vec<Tensor> = zeros
+            .iter()
+            .flatten()
+            .zip(&g1.deltas)
+            .map(|(z, g)| sign_or_zero(g.as_ref(), z))
+            .collect::<Result<_>>()?;
 
         // Round 2: the trained perturbations; θ takes its SGD step.
         let raw = match &omega {
@@ -378,24 +386,28 @@ impl TrainMethod for ApartTraining {
         let d1 = raw.clamp(-eps, eps)?;
         let xd = (x + &d1)?;
         let mask = (pass(&raw, -eps, eps)? * pass(&xd, 0.0, 1.0)?)?;
-        let x2 = Var::from_tensor(&xd.clamp(0f32, 1f32)?)?;
-        let dvars: Vec<Var> = sb
+        let deltas2: Vec<Option<Tensor>> = sb
             .iter()
             .enumerate()
-            .map(|(i, s)| Var::from_tensor(&(s * self.alphas[FIRST_BLOCK + i])?))
+            .map(|(i, s)| (s * self.alphas[FIRST_BLOCK + i]).map(Some))
             .collect::<candle_core::Result<_>>()?;
-        let deltas2: Vec<Option<Tensor>> = dvars.iter().map(|v| Some(v.as_tensor().clone())).collect();
-        let logits = model.forward_perturbed(x2.as_tensor(), &deltas2, Mode::TRAIN)?;
+        let need = Need {
+            input: true,
+            params: true,
+            deltas: true,
+        };
+        let t2 = model.trace_perturbed(&xd.clamp(0f32, 1f32)?, &deltas2, Mode::TRAIN, need)?;
+        let logits = t2.logits.clone();
         let loss = candle_nn::loss::cross_entropy(&logits, y)?;
-        let grads = ctx.update(&loss)?;
+        let up = ctx.update_traced(t2, &loss)?;
         let stats = StepStats::adv_only(&logits.detach(), y)?;
-        if !grads.applied {
+        if !up.grads.applied {
             // f16 overflow: the model skipped this step, and so does the generator.
             return Ok(stats);
         }
 
         // First-order gradients of the round-2 loss w.r.t. the generator's parameters.
-        let gx = match grads.get(x2.as_tensor())? {
+        let gx = match &up.input {
             Some(g) => (g * &mask)?,
             None => x.zeros_like()?,
         };
@@ -410,9 +422,9 @@ impl TrainMethod for ApartTraining {
                 store.scatter(batch, &o_new)?;
             }
         }
-        for (i, (v, s)) in dvars.iter().zip(&sb).enumerate() {
-            if let Some(g) = grads.get(v.as_tensor())? {
-                galpha[FIRST_BLOCK + i] = dot(&g, s)?;
+        for (i, s) in sb.iter().enumerate() {
+            if let Some(Some(g)) = up.deltas.get(i) {
+                galpha[FIRST_BLOCK + i] = dot(g, s)?;
             }
         }
         let lr = self.alpha_schedule.lr_at(ctx.t.1);

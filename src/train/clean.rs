@@ -7,7 +7,7 @@ use super::{MethodEnv, StepCtx, StepStats, TrainMethod};
 use crate::attacks::Generator;
 use crate::data::Batch;
 use crate::error::Result;
-use crate::models::{Classifier, Mode, PreActResNet};
+use crate::models::{Mode, Need, PreActResNet};
 
 /// `--method clean`.
 pub struct Clean;
@@ -43,10 +43,10 @@ impl TrainMethod for CleanTraining {
     }
 
     fn step(&mut self, model: &PreActResNet, batch: &Batch, ctx: &mut StepCtx) -> Result<StepStats> {
-        let logits = model.logits(&batch.x, Mode::TRAIN)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &batch.y)?;
-        ctx.update(&loss)?;
-        let l = logits.detach();
+        let t = model.trace_perturbed(&batch.x, &[], Mode::TRAIN, Need::PARAMS)?;
+        let l = t.logits.detach();
+        let loss = candle_nn::loss::cross_entropy(&t.logits, &batch.y)?;
+        ctx.update_traced(t, &loss)?;
         StepStats::from_logits(&l, &l, &batch.y)
     }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use candle_core::{Tensor, Var};
+use candle_core::Tensor;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +15,7 @@ use super::{MethodEnv, StepCtx, StepStats, TrainMethod};
 use crate::attacks::{project, Generator};
 use crate::data::Batch;
 use crate::error::{CovfError, Result};
-use crate::models::{Classifier, Mode, PreActResNet};
+use crate::models::{Mode, Need, PreActResNet};
 
 /// `--method free`.
 pub struct Free;
@@ -134,18 +134,22 @@ impl TrainMethod for FreeTraining {
         let mut last = None;
         let (t0, t1) = ctx.t;
         for j in 0..self.replays {
-            let d = Var::from_tensor(&delta)?;
-            let logits = model.logits(&(x + d.as_tensor())?, Mode::TRAIN)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, y)?;
+            let need = Need {
+                input: true,
+                params: true,
+                deltas: false,
+            };
+            let t = model.trace_perturbed(&(x + &delta)?, &[], Mode::TRAIN, need)?;
+            last = Some(t.logits.detach());
+            let loss = candle_nn::loss::cross_entropy(&t.logits, y)?;
             // Each replay is one update, spread evenly over this minibatch's stretch of the schedule.
             let lr = ctx
                 .schedule
                 .lr_at(t0 + (t1 - t0) * (j + 1) as f64 / self.replays as f64);
-            let grads = ctx.update_at(&loss, lr)?;
-            if let (true, Some(g)) = (grads.applied, grads.get(d.as_tensor())?) {
+            let up = ctx.update_traced_at(t, &loss, lr)?;
+            if let (true, Some(g)) = (up.grads.applied, up.input) {
                 delta = project(&(&delta + (g.sign()? * f64::from(self.eps))?)?, x, self.eps)?;
             }
-            last = Some(logits.detach());
         }
         self.keep(delta)?;
         match last {

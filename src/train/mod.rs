@@ -19,6 +19,7 @@ pub mod sfgsm;
 
 use std::collections::{BTreeMap, HashMap};
 
+use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -27,7 +28,7 @@ pub use method::{Defaults, Flag, Flags, Method, MethodDef, MethodSpec, Registere
 use crate::attacks::{correct, per_sample_ce, Attack, AttackCtx};
 use crate::data::Batch;
 use crate::error::{CovfError, Result};
-use crate::models::{Classifier, Mode, PreActResNet};
+use crate::models::{Mode, Need, PreActResNet, Traced};
 use crate::optim::{Grads, LrSchedule, Sgd};
 use crate::rng::Rng;
 
@@ -116,25 +117,59 @@ pub struct StepCtx<'a> {
 
 impl StepCtx<'_> {
     /// Backpropagates `loss` and takes one optimizer step; the gradients are returned for methods
-    /// that also update their own state (perturbation parameters).
+    /// that also update their own state (perturbation parameters). With f16 loss scaling the step may
+    /// be skipped (`applied` false); methods then leave their own state alone too.
     pub fn update(&mut self, loss: &Tensor) -> Result<Grads> {
-        let lr = self.lr;
-        self.update_at(loss, lr)
-    }
-
-    /// As `update`, at an explicit learning rate. With f16 loss scaling the step may be skipped
-    /// (`applied` false); methods then leave their own state alone too.
-    pub fn update_at(&mut self, loss: &Tensor, lr: f64) -> Result<Grads> {
         let scale = self.opt.loss_scale();
         let store = if scale == 1.0 {
             loss.backward()?
         } else {
             (loss * scale)?.backward()?
         };
+        let lr = self.lr;
+        self.step(store, scale, lr)
+    }
+
+    /// As `update`, for a loss computed from a traced forward (its backward may be covf's own); the
+    /// input's and the block perturbations' gradients come back too, when the trace asked for them.
+    pub fn update_traced(&mut self, t: Traced, loss: &Tensor) -> Result<Update> {
+        let lr = self.lr;
+        self.update_traced_at(t, loss, lr)
+    }
+
+    /// As `update_traced`, at an explicit learning rate.
+    pub fn update_traced_at(&mut self, t: Traced, loss: &Tensor, lr: f64) -> Result<Update> {
+        let scale = self.opt.loss_scale();
+        let b = if scale == 1.0 {
+            t.backward(loss)?
+        } else {
+            t.backward(&(loss * scale)?)?
+        };
+        let unscale = |g: Option<Tensor>| -> Result<Option<Tensor>> {
+            match g {
+                Some(g) if scale != 1.0 => Ok(Some((g * (1.0 / scale))?)),
+                g => Ok(g),
+            }
+        };
+        let input = unscale(b.input)?;
+        let deltas = b.deltas.into_iter().map(unscale).collect::<Result<_>>()?;
+        let grads = self.step(b.store, scale, lr)?;
+        Ok(Update { grads, input, deltas })
+    }
+
+    fn step(&mut self, store: GradStore, scale: f64, lr: f64) -> Result<Grads> {
         let mut grads = Grads::new(store, scale);
         self.opt.step_grads(&mut grads, lr)?;
         Ok(grads)
     }
+}
+
+/// One optimizer step's gradients: the parameters' (as the optimizer used them) and, when the traced
+/// forward asked for them, the input's and the block perturbations' (loss scale divided out).
+pub struct Update {
+    pub grads: Grads,
+    pub input: Option<Tensor>,
+    pub deltas: Vec<Option<Tensor>>,
 }
 
 /// What methods with per-example or learned state need to know about the run when they are built.
@@ -268,9 +303,10 @@ pub fn descend(
     clean_logits: Option<&Tensor>,
     ctx: &mut StepCtx,
 ) -> Result<StepStats> {
-    let logits = model.logits(&(&batch.x + delta)?, Mode::TRAIN)?;
+    let t = model.trace_perturbed(&(&batch.x + delta)?, &[], Mode::TRAIN, Need::PARAMS)?;
+    let logits = t.logits.clone();
     let loss = candle_nn::loss::cross_entropy(&logits, &batch.y)?;
-    ctx.update(&loss)?;
+    ctx.update_traced(t, &loss)?;
     match clean_logits {
         Some(clean) => StepStats::from_logits(&clean.detach(), &logits.detach(), &batch.y),
         None => StepStats::adv_only(&logits.detach(), &batch.y),
@@ -281,7 +317,7 @@ pub fn descend(
 mod tests {
     use super::*;
     use crate::data::{AugParams, DatasetKind};
-    use crate::models::{self, ArchSpec};
+    use crate::models::{self, ArchSpec, Classifier};
     use apart::ApartConfig;
     use candle_core::{DType, Device};
 
