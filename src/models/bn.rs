@@ -38,7 +38,7 @@ fn dims(l: &Layout) -> Result<(usize, usize, usize)> {
 }
 
 /// Borrows a contiguous f32 CPU tensor's data.
-fn cpu_f32<'a>(st: &'a Storage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(crate) fn cpu_f32<'a>(st: &'a Storage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     match st {
         Storage::Cpu(s) => slice(s, l, what),
         _ => candle_core::bail!("{what}: expected a CPU tensor"),

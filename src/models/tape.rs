@@ -10,14 +10,14 @@
 //! same kernels, so results are bit-identical (a test compares both).
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Storage, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use rayon::prelude::*;
 
 use super::bn::{self, Dims};
-use super::conv_direct::{self, f32_slice, Geom};
+use super::conv_direct::{self, Geom};
 use super::layers::{global_avg_pool, BatchNorm, Conv2d, Mode};
 use super::preact::PreActResNet;
-use crate::error::{CovfError, Result};
+use crate::error::Result;
 
 /// Which gradients a backward must produce. Parameter gradients land in the `GradStore` under the
 /// model's parameter tensors (what the optimizer reads); the input's and the block perturbations' are
@@ -183,10 +183,7 @@ struct Tape {
 /// Runs `f` on the data of a contiguous f32 CPU tensor.
 fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let (st, l) = t.storage_and_layout();
-    match &*st {
-        Storage::Cpu(s) => Ok(f(f32_slice(s, l, "tape")?)),
-        _ => Err(CovfError::spec("tape", "expected a CPU tensor".to_string())),
-    }
+    Ok(f(bn::cpu_f32(&st, l, "tape")?))
 }
 
 fn owned(t: &Tensor) -> Result<Vec<f32>> {
