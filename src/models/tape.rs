@@ -17,7 +17,7 @@ use super::bn::{self, Dims};
 use super::conv_direct::{self, Geom};
 use super::layers::{global_avg_pool, BatchNorm, Conv2d, Mode};
 use super::preact::PreActResNet;
-use crate::error::Result;
+use crate::error::{CovfError, Result};
 
 /// Which gradients a backward must produce. Parameter gradients land in the `GradStore` under the
 /// model's parameter tensors (what the optimizer reads); the input's and the block perturbations' are
@@ -252,6 +252,13 @@ pub(super) fn record(
         };
         let a_delta = match deltas.get(i).and_then(Option::as_ref) {
             Some(d) => {
+                // candle's graph refuses a mismatched shape in `a + δ`; the slice add would not.
+                if d.dims() != dims {
+                    return Err(CovfError::spec(
+                        "block perturbations",
+                        format!("block {i}'s perturbation is {:?}, its activation {dims:?}", d.dims()),
+                    ));
+                }
                 let mut ad = a.clone();
                 with_f32(&d.contiguous()?, |d| add_assign(&mut ad, d))?;
                 Some(ad)
