@@ -18,7 +18,7 @@ pub fn parse_cifar(bytes: &[u8], label_bytes: usize, num_classes: usize, path: &
     if bytes.is_empty() {
         return Err(CovfError::data(path, "empty file: expected CIFAR records"));
     }
-    if bytes.len() % rec != 0 {
+    if !bytes.len().is_multiple_of(rec) {
         return Err(CovfError::data(
             path,
             format!(

@@ -18,6 +18,8 @@ use std::mem::MaybeUninit;
 
 use candle_core::backend::BackendStorage;
 
+use super::conv3x3;
+
 /// Borrows a contiguous f32 CPU storage's data (the kernels take slices).
 pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
@@ -330,8 +332,30 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
-/// The forward kernel: per image, columns then one GEMM into that image's output block.
+/// The dimensions for `conv3x3` when `g` is a 3×3, padding-1 conv of stride 1 or 2.
+fn direct_3x3(g: &Geom) -> Option<conv3x3::Dims> {
+    (g.k == 3 && g.stride <= 2 && g.pad == 1 && conv3x3::enabled()).then_some(conv3x3::Dims {
+        c: g.c,
+        h: g.h,
+        w: g.w,
+        cout: g.cout,
+        stride: g.stride,
+    })
+}
+
+/// The forward kernel: per image, the direct 3×3 kernel where it applies, else columns then one GEMM
+/// into that image's output block.
 pub(crate) fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    if let Some(d) = direct_3x3(g) {
+        let wt = conv3x3::pack_weights(d, w);
+        let fill = |b: usize, o: &mut [MaybeUninit<f32>]| {
+            with_scratch(d.scratch(), |s| {
+                conv3x3::image(d, &x[b * g.img()..(b + 1) * g.img()], &wt, o, s)
+            })
+        };
+        // SAFETY: conv3x3::image writes all cout·p floats of each image's block.
+        return unsafe { super::kernels::par_filled(g.n * g.cout * g.p(), g.cout * g.p(), fill) };
+    }
     let (p, r) = (g.p(), g.r());
     let fill = |b: usize, o: &mut [MaybeUninit<f32>]| {
         let xb = &x[b * g.img()..(b + 1) * g.img()];
@@ -507,12 +531,22 @@ pub(crate) fn backward_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (p, r) = (g.p(), g.r());
     let chunks = WGRAD_CHUNKS.min(g.n).max(1);
     let per = g.n.div_ceil(chunks);
+    // The weight-gradient kernel takes output channels in pairs.
+    let direct = direct_3x3(g).filter(|d| d.cout % 2 == 0);
     let partials: Vec<Vec<f32>> = (0..chunks)
         .into_par_iter()
         .map(|t| {
+            let (b0, b1) = ((t * per).min(g.n), ((t + 1) * per).min(g.n));
+            if let Some(d) = direct {
+                let (xs, dys) = (&x[b0 * g.img()..b1 * g.img()], &dy[b0 * g.cout * p..b1 * g.cout * p]);
+                let nb = b1 - b0;
+                return with_scratch(conv3x3::weight_grad_scratch(d, nb), |s| {
+                    conv3x3::weight_grad(d, xs, dys, nb, s)
+                });
+            }
             let mut dw = vec![0f32; g.cout * r];
             let mut cols = if g.pointwise() { Vec::new() } else { vec![0f32; r * p] };
-            for b in t * per..((t + 1) * per).min(g.n) {
+            for b in b0..b1 {
                 let dyb = &dy[b * g.cout * p..(b + 1) * g.cout * p];
                 let xb = &x[b * g.img()..(b + 1) * g.img()];
                 let colst = if g.pointwise() {
@@ -609,6 +643,8 @@ mod tests {
                 (2, 3, 4, 6, 5, 1, 2),
                 (3, 2, 3, 2, 3, 1, 1),
                 (2, 16, 8, 28, 3, 1, 1),
+                // The direct 3×3 kernels on all three passes, over uneven weight-gradient chunks.
+                (5, 8, 16, 7, 3, 1, 1),
             ],
         );
     }

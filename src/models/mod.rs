@@ -1,6 +1,7 @@
 //! Model architectures: the PreAct ResNet family (tiny CPU default, PreActResNet18) and WideResNet-34-10.
 
 pub mod bn;
+mod conv3x3;
 pub mod conv_direct;
 mod kernels;
 pub mod layers;

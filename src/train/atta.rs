@@ -132,7 +132,7 @@ impl TrainMethod for AttaTraining {
     }
 
     fn begin_epoch(&mut self, epoch: usize) -> Result<()> {
-        if self.reset > 0 && epoch > 0 && epoch % self.reset == 0 {
+        if self.reset > 0 && epoch > 0 && epoch.is_multiple_of(self.reset) {
             let mut rng = Rng::derive(self.seed, "atta-init", epoch as u64);
             self.store.reset(|| INIT_STD * rng.normal());
         }
