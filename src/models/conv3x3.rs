@@ -1,19 +1,21 @@
-//! Direct 3×3, stride-1, padding-1 convolution per image: no column matrix, no GEMM packing.
+//! Direct 3×3, padding-1 convolution (stride 1 or 2) per image: no column matrix, no GEMM packing.
 //!
-//! Most of the PreAct nets' convolutions (and the input gradients of all of them, a flipped 3×3 conv) have
-//! this shape. Through im2col + GEMM each tap's shifted copy of the input is written (im2col), packed
-//! again by the GEMM, and the GEMM's short inner dimension (C·9) keeps it far from the FMA peak; profiles
-//! showed the copies at ≈ 25% of an FGSM step. Here each input plane is copied once into a zero-bordered
-//! (H+2)×(W+2) plane `xp`; the output at flat position p = y·(W+2) + x is then
-//! Σ_{c, ky, kx} w[co, c, ky, kx] · xp[c][p + ky·(W+2) + kx], a 1-D correlation with nine fixed offsets, so
-//! consecutive outputs are one unaligned vector load per tap. The two columns per row with x ≥ W are
-//! computed and dropped. A tile is 8 output channels × 32 positions.
+//! Nearly all of the PreAct nets' convolutions, and the input gradients of the stride-1 ones (a flipped 3×3
+//! conv), have this shape. Through im2col + GEMM each tap's shifted copy of the input is written (im2col),
+//! packed again by the GEMM, and the GEMM's short inner dimension (C·9) keeps it far from the FMA peak;
+//! profiles showed the copies at ≈ 25% of an FGSM step. Here each input channel is copied once into a
+//! zero-bordered (H+2)×(W+2) plane (at stride 2 into its four row/column-parity sub-images); the output at
+//! flat position p = y·pitch + x is then Σ_{c, tap} w[co, c, tap] · xp[c][p + offset(tap)], a 1-D
+//! correlation with nine fixed offsets, so consecutive outputs are one unaligned vector load per tap. The
+//! columns past the output width are computed and dropped. A tile is 8 output channels × 32 positions;
+//! the weight gradient reads the same layout.
 //!
-//! Every output is summed in one order on every CPU: c outer, taps (ky, kx) inner, each a fused
-//! multiply-add into one f32 accumulator. The AVX-512 and AVX2+FMA kernels hold different numbers of
-//! outputs per register but do exactly that per output, and the portable one uses `f32::mul_add`, so all
-//! three give the same bits and runs stay reproducible across CPUs. The order differs from the GEMM path's
-//! (`COVF_CONV=gemm` selects it, for A/B comparisons): results agree to f32 rounding.
+//! Every output is summed in one order on every CPU: channels outer, taps inner, each a fused multiply-add
+//! into one f32 accumulator (the weight gradient: 16 lanes over images and positions, then a fixed fold).
+//! The AVX-512 and AVX2+FMA kernels hold different numbers of outputs per register but do exactly that per
+//! output, and the portable one uses `f32::mul_add`, so all three give the same bits and runs stay
+//! reproducible across CPUs. The order differs from the GEMM path's (`COVF_CONV=gemm` selects it, for A/B
+//! comparisons): results agree to f32 rounding.
 
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
@@ -156,7 +158,7 @@ pub(crate) fn pack_weights(d: Dims, w: &[f32]) -> Vec<f32> {
     out
 }
 
-/// One image: `x` (C, H, W), packed weights, `out` (Cout, H, W); `scratch` of at least `d.scratch()` floats.
+/// One image: `x` (C, H, W), packed weights, `out` (Cout, Ho, Wo); `scratch` of at least `d.scratch()` floats.
 pub(crate) fn image(d: Dims, x: &[f32], wt: &[f32], out: &mut [MaybeUninit<f32>], scratch: &mut [f32]) {
     image_with(isa(), d, x, wt, out, scratch)
 }
@@ -179,9 +181,8 @@ fn image_with(isa: Isa, d: Dims, x: &[f32], wt: &[f32], out: &mut [MaybeUninit<f
         for j0 in (0..d.cout).step_by(CB) {
             let width = CB.min(d.cout - j0);
             // SAFETY: the largest input read is (c−1)·plane + (furthest tap) + p0 + 31 < input_len
-            // (p0 + 32 ≤ lo_pad); the block's weights are c·9·width
-            // floats from j0·c·9; stores go to in-image positions of channels j0..j0+width only.
-            // Features are as detected.
+            // (p0 + 32 ≤ lo_pad); the block's weights are c·9·width floats from j0·c·9; stores go to
+            // in-image positions of channels j0..j0+width only. Features are as detected.
             unsafe {
                 let t = Tile {
                     x: xp.as_ptr().add(p0),
@@ -212,6 +213,7 @@ fn image_with(isa: Isa, d: Dims, x: &[f32], wt: &[f32], out: &mut [MaybeUninit<f
 
 /// One tile's operands: from padded position `q0` (`x` points there in channel 0's plane), output
 /// channels from `w` (the first of them; a tap's weights `jw` apart) and `out` (that channel's plane).
+#[derive(Clone, Copy)]
 struct Tile<'a> {
     x: *const f32,
     plane: usize,
@@ -269,13 +271,6 @@ impl Tile<'_> {
         }
     }
 }
-
-impl Clone for Tile<'_> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl Copy for Tile<'_> {}
 
 /// The tile in plain Rust, one output at a time in the kernels' order.
 ///

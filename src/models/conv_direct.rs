@@ -1,4 +1,5 @@
-//! CPU convolution one image at a time: im2col into a cache-sized scratch, one GEMM straight into NCHW.
+//! CPU convolution one image at a time: 3×3 convs with padding 1 (stride 1 or 2) by the direct kernels of
+//! `conv3x3`, the others by im2col into a cache-sized scratch and one GEMM straight into NCHW.
 //!
 //! candle 0.11's CPU conv backward (a direct conv_transpose and a whole-map conv) dominated our step, and a
 //! whole-batch im2col builds a column matrix of N·Ho·Wo rows (57 MB for a 16-channel 28×28 layer at batch
