@@ -303,7 +303,7 @@ pub(crate) fn weight_grad_scratch(d: Dims, nb: usize) -> usize {
     nb * (d.input_len() + d.cout * d.positions().1)
 }
 
-/// dW (Cout, C, 3, 3) = Σ over the `nb` images of x (nb, C, H, W) and dy (nb, Cout, H, W). Each weight's
+/// dW (Cout, C, 3, 3) = Σ over the `nb` images of x (nb, C, H, W) and dy (nb, Cout, Ho, Wo). Each weight's
 /// sum runs in 16 lanes over (image, block of 16 padded positions) in order, one FMA each, and the lanes
 /// fold in a fixed tree: the same bits on every kernel and thread count.
 pub(crate) fn weight_grad(d: Dims, x: &[f32], dy: &[f32], nb: usize, scratch: &mut [f32]) -> Vec<f32> {
