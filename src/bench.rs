@@ -1,4 +1,5 @@
-//! Training-step throughput (images per second) of each method on seeded synthetic data: `covf bench`.
+//! Training-step throughput (images per second) of each method on seeded synthetic data, and the cost of
+//! one in-training monitor point per signal: `covf bench`.
 //!
 //! The steps timed are the real training methods (`TrainMethod::step`: attack, forward, backward, SGD
 //! update), so a speed-up measured here is one `covf train` gets. Synthetic inputs are enough: no op's cost
@@ -9,9 +10,11 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
+use crate::attacks::Generator;
 use crate::data::{AugParams, Batch};
 use crate::error::{CovfError, Result};
 use crate::models::{self, ArchSpec};
+use crate::monitor::{At, Every, Monitor, MonitorSpec, ProbeCfg, Probes, Reference, SIGNALS};
 use crate::optim::LrSchedule;
 use crate::optim::{LossScaler, Precision, Sgd};
 use crate::rng::Rng;
@@ -79,23 +82,123 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// Times every method of `spec` on a fresh model each (same seed), returning one row per method.
-pub fn run(spec: &BenchSpec, dev: &Device, mut progress: impl FnMut(&BenchRow)) -> Result<Vec<BenchRow>> {
-    spec.validate()?;
-    spec.precision.check_device(dev)?;
+/// The seeded synthetic batch every timing uses.
+fn synthetic_batch(spec: &BenchSpec, dev: &Device) -> Result<Batch> {
     let a = &spec.arch;
     let (c, s) = (a.in_channels, a.image_size);
     let mut rng = Rng::derive(spec.seed, "bench-data", 0);
     let x = rng.uniform_tensor(&[spec.batch, c, s, s], 0.0, 1.0, dev)?;
     let labels: Vec<u32> = (0..spec.batch).map(|_| rng.below(a.num_classes) as u32).collect();
     let y = Tensor::from_vec(labels, spec.batch, dev)?;
-    let batch = Batch {
+    Ok(Batch {
         x,
         y,
         positions: (0..spec.batch).collect(),
         aug: vec![AugParams::default(); spec.batch],
+    })
+}
+
+/// A result row of `times` (seconds) for `step`.
+fn row(spec: &BenchSpec, dev: &Device, step: String, mut times: Vec<f64>) -> BenchRow {
+    let a = &spec.arch;
+    let (c, s) = (a.in_channels, a.image_size);
+    let min_s = times.iter().copied().fold(f64::INFINITY, f64::min);
+    let median_s = median(&mut times);
+    BenchRow {
+        step,
+        arch: a.arch.name().to_string(),
+        input: format!("{c}x{s}x{s}"),
+        batch: spec.batch,
+        threads: candle_core::utils::get_num_threads(),
+        device: if dev.is_cpu() { "cpu".into() } else { format!("{dev:?}") },
+        dtype: spec.precision.name().into(),
+        iters: spec.iters,
+        median_s,
+        min_s,
+        images_per_s: spec.batch as f64 / median_s,
+    }
+}
+
+/// Times one in-training monitor point of each signal alone (`monitor:<signal>`), then of every signal
+/// together (`monitor:all`, PGD's and FGSM's perturbations shared), on a fresh seeded model, with the bench's
+/// batch as the test probe, Wong's probe and the training batch, FGSM as the method's generator, and a second
+/// seeded model as the transfer reference. The methods of `spec` are not used.
+pub fn run_monitor(spec: &BenchSpec, dev: &Device, mut progress: impl FnMut(&BenchRow)) -> Result<Vec<BenchRow>> {
+    spec.validate()?;
+    let batch = synthetic_batch(spec, dev)?;
+    let (model, _) = models::build(&spec.arch, dev, spec.seed)?;
+    let model = model.detached();
+    let cfg = ProbeCfg {
+        eps: spec.eps,
+        pgd_steps: 10,
+        pgd_alpha: spec.eps / 4.0,
+        wong_steps: 5,
+        seed: spec.seed,
     };
-    let threads = candle_core::utils::get_num_threads();
+    let probes = || -> Result<Probes> {
+        let (other, _) = models::build(&spec.arch, dev, spec.seed + 1)?;
+        Ok(Probes {
+            test: batch.clone(),
+            train: batch.clone(),
+            reference: Some(Reference::new(
+                Box::new(other.detached()),
+                "bench".into(),
+                &batch,
+                &cfg,
+            )?),
+            cfg,
+        })
+    };
+    let generator = Generator::Step {
+        eps: spec.eps,
+        alpha: spec.eps,
+        start: 0.0,
+    };
+    let mut picks: Vec<(String, Option<Vec<String>>)> = SIGNALS
+        .iter()
+        .map(|s| (format!("monitor:{}", s.name()), Some(vec![s.name().to_string()])))
+        .collect();
+    picks.push(("monitor:all".into(), None));
+    let mut rows = Vec::new();
+    for (label, signals) in picks {
+        let mspec = MonitorSpec::new(Every::Steps(1), signals.as_deref(), spec.batch, Some("bench".into()))?;
+        let mut monitor = Monitor::new(&mspec, 1, probes()?)?;
+        let mut times = Vec::with_capacity(spec.iters);
+        for i in 0..spec.warmup + spec.iters {
+            let t = Instant::now();
+            monitor.measure(
+                &model,
+                Some(&batch),
+                &generator,
+                &At {
+                    run: "bench",
+                    method: "fgsm",
+                    seed: spec.seed,
+                    step: i as u64,
+                    epoch: 1,
+                    epoch_frac: 0.0,
+                    lr: 0.0,
+                },
+            )?;
+            dev.synchronize()?;
+            if i >= spec.warmup {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        let r = row(spec, dev, label, times);
+        progress(&r);
+        rows.push(r);
+    }
+    Ok(rows)
+}
+
+/// Times every method of `spec` on a fresh model each (same seed), returning one row per method.
+pub fn run(spec: &BenchSpec, dev: &Device, mut progress: impl FnMut(&BenchRow)) -> Result<Vec<BenchRow>> {
+    spec.validate()?;
+    spec.precision.check_device(dev)?;
+    let a = &spec.arch;
+    let (c, s) = (a.in_channels, a.image_size);
+    let batch = synthetic_batch(spec, dev)?;
     let mut rows = Vec::new();
     for m in &spec.methods {
         let (model, store) = models::build(a, dev, spec.seed)?;
@@ -133,23 +236,9 @@ pub fn run(spec: &BenchSpec, dev: &Device, mut progress: impl FnMut(&BenchRow)) 
                 times.push(t.elapsed().as_secs_f64());
             }
         }
-        let min_s = times.iter().copied().fold(f64::INFINITY, f64::min);
-        let median_s = median(&mut times);
-        let row = BenchRow {
-            step: m.label(),
-            arch: a.arch.name().to_string(),
-            input: format!("{c}x{s}x{s}"),
-            batch: spec.batch,
-            threads,
-            device: if dev.is_cpu() { "cpu".into() } else { format!("{dev:?}") },
-            dtype: spec.precision.name().into(),
-            iters: spec.iters,
-            median_s,
-            min_s,
-            images_per_s: spec.batch as f64 / median_s,
-        };
-        progress(&row);
-        rows.push(row);
+        let r = row(spec, dev, m.label(), times);
+        progress(&r);
+        rows.push(r);
     }
     Ok(rows)
 }
@@ -188,7 +277,16 @@ mod tests {
         assert_eq!(rows[1].step, "fgsm");
         assert_eq!(rows[1].input, "1x28x28");
         assert!(rows.iter().all(|r| r.images_per_s > 0.0 && r.min_s <= r.median_s));
-        let bad = BenchSpec { iters: 0, ..spec };
+        let bad = BenchSpec {
+            iters: 0,
+            ..spec.clone()
+        };
         assert!(run(&bad, &Device::Cpu, |_| {}).is_err());
+        // One monitor row per signal, then all of them together.
+        let rows = run_monitor(&spec, &Device::Cpu, |_| {}).unwrap();
+        let steps: Vec<&str> = rows.iter().map(|r| r.step.as_str()).collect();
+        assert_eq!(steps.len(), crate::monitor::SIGNALS.len() + 1);
+        assert_eq!((steps[0], *steps.last().unwrap()), ("monitor:pgd", "monitor:all"));
+        assert!(rows.iter().all(|r| r.median_s > 0.0));
     }
 }

@@ -51,6 +51,12 @@ pub fn from_str<T: DeserializeOwned>(s: &str) -> Result<T> {
     Ok(serde_json::from_value(decode(serde_json::from_str(s)?))?)
 }
 
+/// For `#[serde(deserialize_with)]` on an f64 field that may be NaN: JSON has no NaN, serde_json writes it
+/// as null, and null reads back as NaN here.
+pub fn nan_from_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

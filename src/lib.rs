@@ -12,6 +12,7 @@ pub mod exact_json;
 pub mod figures;
 pub mod fit;
 pub mod models;
+pub mod monitor;
 pub mod optim;
 pub mod rng;
 pub mod run;

@@ -16,6 +16,8 @@ pub struct RunSummary {
     pub last_pgd: Option<f64>,
     /// Epoch of the largest one-epoch drop in test PGD accuracy, and its size.
     pub largest_drop: Option<(usize, f64)>,
+    /// Why the run stopped early (`--early-stop`).
+    pub stopped: Option<String>,
     pub problem: Option<String>,
 }
 
@@ -34,6 +36,7 @@ pub fn summarize(run: &RunDir) -> RunSummary {
         last_clean: None,
         last_pgd: None,
         largest_drop: None,
+        stopped: None,
         problem: None,
     };
     match run.read_spec() {
@@ -55,6 +58,11 @@ pub fn summarize(run: &RunDir) -> RunSummary {
                     .map(|(i, w)| (i + 2, w[0] - w[1]))
                     .filter(|d| d.1 > 0.0)
                     .max_by(|a, b| a.1.total_cmp(&b.1));
+                s.stopped = df
+                    .column("stopped")
+                    .ok()
+                    .and_then(|c| c.str().ok().and_then(|c| c.iter().flatten().last().map(str::to_string)))
+                    .filter(|t| !t.is_empty());
             }
             Err(e) => s.problem = Some(e.to_string()),
         }

@@ -19,6 +19,8 @@ const SMALL: &[&str] = &[
     "100",
     "--epochs",
     "2",
+    "--monitor-probe",
+    "16",
     "--quiet",
 ];
 
@@ -773,6 +775,8 @@ fn table(path: &Path) -> polars::prelude::DataFrame {
 fn f64s(df: &polars::prelude::DataFrame, col: &str) -> Vec<f64> {
     df.column(col)
         .unwrap()
+        .cast(&polars::prelude::DataType::Float64)
+        .unwrap()
         .f64()
         .unwrap()
         .iter()
@@ -837,6 +841,8 @@ fn analyze_measures_transfer_gap_curves_steps_and_the_co_verdict_with_a_cache() 
         "--batch-size",
         "64",
         "--save-every-epoch",
+        "--monitor-probe",
+        "16",
         "--quiet",
     ];
     for (method, name, extra) in [
@@ -1040,6 +1046,8 @@ train-subset = 384
 test-subset = 64
 epochs = 2
 batch-size = 64
+monitor-probe = 16
+monitor-ref = "pgd10"
 
 [runs.fgsm]
 method = "fgsm"
@@ -1059,6 +1067,8 @@ gap-pgd20 = ["apart", "pgd10"]
 curves = ["fgsm", "pgd10", "apart"]
 steps = ["apart"]
 co = ["fgsm", "apart", "pgd10"]
+monitor = ["fgsm", "apart", "pgd10"]
+detectors = ["fgsm", "apart", "pgd10"]
 perturbations = { run = "fgsm", epochs = [1, 2], examples = 2 }
 
 [tradeoff]
@@ -1066,7 +1076,7 @@ methods = ["fgsm"]
 eps-train = ["0.1", "0.15"]
 
 [figures]
-draw = ["1a", "1b", "2a", "2a-own", "2b", "3", "4", "5"]
+draw = ["1a", "1b", "2a", "2a-own", "2b", "3", "4", "5", "2a-steps", "2b-steps", "monitor"]
 "#;
     std::fs::write(dir.path().join("analyses/tiny.toml"), spec).unwrap();
     let o = covf_ok(&["study", "analyses/tiny.toml"], dir.path());
@@ -1081,6 +1091,10 @@ draw = ["1a", "1b", "2a", "2a-own", "2b", "3", "4", "5"]
         "curves",
         "steps",
         "co",
+        "co-signals",
+        "monitor",
+        "detectors",
+        "detectors-summary",
         "perturbations",
         "tradeoff",
     ] {
@@ -1089,6 +1103,19 @@ draw = ["1a", "1b", "2a", "2a-own", "2b", "3", "4", "5"]
             "{t}"
         );
     }
+    // The PGD-10 reference trained first; the others monitored their transfer to it, it did not.
+    assert!(err.find("[run 1/3] pgd10").is_some(), "{err}");
+    let mon = table(&out.join("monitor.parquet"));
+    let (mruns, mmetrics) = (strs(&mon, "run"), strs(&mon, "metric"));
+    let has = |run: &str, m: &str| (0..mon.height()).any(|i| mruns[i].starts_with(run) && mmetrics[i] == m);
+    assert!(has("fgsm", "transfer_acc") && has("apart", "transfer_acc") && !has("pgd10", "transfer_acc"));
+    assert!(has("pgd10", "gap") && has("fgsm", "lle"));
+    // The verdict is also given in steps (CO or not, the step columns exist on every run with a monitor).
+    let co = table(&out.join("co.parquet"));
+    assert!(
+        f64s(&co, "monitor_every").iter().all(|&k| k == 1.0),
+        "a point every step here"
+    );
     // Perturbations: 2 epochs × 2 images × 28 × 28 pixels, every δ within ε.
     let px = table(&out.join("perturbations.parquet"));
     assert_eq!(px.height(), 2 * 2 * 28 * 28);
@@ -1107,7 +1134,9 @@ draw = ["1a", "1b", "2a", "2a-own", "2b", "3", "4", "5"]
         assert!((v * 64.0 - (v * 64.0).round()).abs() < 1e-9, "{v}");
     }
     let figs = dir.path().join("analyses/tiny/figures");
-    for id in ["1a", "1b", "2a", "2a-own", "2b", "3", "4", "5"] {
+    for id in [
+        "1a", "1b", "2a", "2a-own", "2b", "3", "4", "5", "2a-steps", "2b-steps", "monitor",
+    ] {
         let png = std::fs::read(figs.join(format!("fig{id}.png"))).unwrap();
         assert!(
             png.starts_with(b"\x89PNG") && png.len() > 5_000,
@@ -1141,7 +1170,12 @@ draw = ["1a", "1b", "2a", "2a-own", "2b", "3", "4", "5"]
         serde_json::from_str(&std::fs::read_to_string(out.join("study.json")).unwrap()).unwrap();
     assert_eq!(meta["study"], "tiny");
     assert!(meta["spec_toml"].as_str().unwrap().contains("[runs.apart]"));
-    assert_eq!(meta["figures"].as_array().unwrap().len(), 16);
+    assert_eq!(meta["figures"].as_array().unwrap().len(), 22);
+    let svg = std::fs::read_to_string(figs.join("figmonitor.svg")).unwrap();
+    assert!(
+        svg.contains("Training step") && svg.contains("epoch 2"),
+        "figmonitor.svg"
+    );
 
     // Rerun: every run reused, every analysis read from the cache, the same tables.
     let before = std::fs::read_to_string(out.join("gap-pgd10.csv")).unwrap();
@@ -1352,4 +1386,233 @@ fn a_lone_checkpoint_and_a_plain_state_dict_evaluate_like_the_run() {
         2,
     );
     assert!(text(&o).contains("contradicts"), "{}", text(&o));
+}
+
+/// `covf train` of FGSM on 512 images in batches of 64 (8 steps an epoch), a 16-image monitor probe, and
+/// the extra flags (two epochs unless they say otherwise).
+fn monitored(dir: &Path, name: &str, extra: &[&str]) {
+    let mut a = vec![
+        "train",
+        "--method",
+        "fgsm",
+        "--eps",
+        "0.1",
+        "--batch-size",
+        "64",
+        "--train-subset",
+        "512",
+        "--test-subset",
+        "100",
+        "--monitor-probe",
+        "16",
+        "--save-every-epoch",
+        "--quiet",
+        "--name",
+        name,
+    ];
+    a.extend_from_slice(extra);
+    if !extra.contains(&"--epochs") {
+        a.extend_from_slice(&["--epochs", "2"]);
+    }
+    covf_ok(&a, dir);
+}
+
+#[test]
+fn the_monitor_records_every_signal_at_step_resolution_without_changing_the_run() {
+    require_fmnist();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    monitored(d, "ref", &["--monitor-every", "0"]);
+    monitored(d, "on", &["--monitor-every", "4", "--monitor-ref", "ref@1"]);
+    let run = d.join("checkpoints/on");
+    // The monitor never changes what the run learns: bit-identical to the unmonitored run.
+    for e in ["epoch-001.safetensors", "epoch-002.safetensors"] {
+        assert!(
+            tensors_of(&run.join(e)) == tensors_of(&d.join("checkpoints/ref").join(e)),
+            "{e} differs with the monitor on"
+        );
+    }
+    assert!(!d.join("checkpoints/ref/monitor.csv").exists());
+    let df = table(&run.join("monitor.parquet"));
+    let (steps, metrics, values) = (f64s(&df, "step"), strs(&df, "metric"), f64s(&df, "value"));
+    // Points at steps 0, 4, …, 16 (two epochs of 8 steps), every metric of every signal at each.
+    let want = [
+        "pgd_acc",
+        "pgd_loss",
+        "fgsm_acc",
+        "fgsm_loss",
+        "gap",
+        "cos_fgsm_pgd",
+        "grad_align",
+        "aaer",
+        "lle",
+        "transfer_acc",
+        "transfer_random",
+        "wong_acc",
+    ];
+    assert_eq!(df.height(), 5 * want.len());
+    for (p, step) in [0.0, 4.0, 8.0, 12.0, 16.0].iter().enumerate() {
+        let at: Vec<&str> = (0..df.height())
+            .filter(|&i| steps[i] == *step)
+            .map(|i| metrics[i].as_str())
+            .collect();
+        assert_eq!(at, want, "point {p}");
+    }
+    let value = |step: f64, metric: &str| -> f64 {
+        (0..df.height())
+            .find(|&i| steps[i] == step && metrics[i] == metric)
+            .map(|i| values[i])
+            .unwrap()
+    };
+    let (epoch, frac) = (f64s(&df, "epoch"), f64s(&df, "epoch_frac"));
+    let row = |step: f64| (0..df.height()).find(|&i| steps[i] == step).unwrap();
+    assert_eq!((epoch[row(0.0)], frac[row(0.0)]), (1.0, 0.0));
+    assert_eq!((epoch[row(8.0)], frac[row(8.0)]), (1.0, 1.0));
+    assert_eq!((epoch[row(12.0)], frac[row(12.0)]), (2.0, 0.5));
+    assert!(value(0.0, "aaer").is_nan(), "no training batch before the first step");
+    for s in [0.0, 4.0, 8.0, 12.0, 16.0] {
+        for m in ["pgd_acc", "fgsm_acc", "wong_acc", "transfer_acc", "transfer_random"] {
+            assert!((0.0..=1.0).contains(&value(s, m)), "{m} at {s}: {}", value(s, m));
+        }
+        assert_eq!(
+            value(s, "transfer_random"),
+            value(0.0, "transfer_random"),
+            "measured once"
+        );
+        assert!(value(s, "lle") >= 0.0);
+    }
+    // The epoch's metrics carry the monitor's time apart from the training time.
+    let m = table(&run.join("metrics.parquet"));
+    assert!(f64s(&m, "monitor_seconds").iter().all(|&s| s > 0.0));
+    assert_eq!(f64s(&m, "step"), [8.0, 16.0]);
+
+    // Pinpoint replays epoch 2 bit-exactly: its points every 2 steps include the run's own points at 8, 12
+    // and 16, with the same values to the last bit (but AAER at step 8, the epoch's starting point, where the
+    // replay has no training batch yet).
+    covf_ok(
+        &[
+            "analyze",
+            "pinpoint",
+            "--runs",
+            "on",
+            "--epoch",
+            "2",
+            "--every",
+            "2",
+            "--save-every",
+            "2",
+            "--window",
+            "100",
+            "--study",
+            "s",
+            "--quiet",
+        ],
+        d,
+    );
+    let out = d.join("analyses/s/out");
+    let sum = table(&out.join("pinpoint-summary.parquet"));
+    assert_eq!(
+        (f64s(&sum, "first_step"), f64s(&sum, "last_step")),
+        (vec![9.0], vec![16.0])
+    );
+    assert_eq!(strs(&sum, "weights")[0].len(), 16);
+    let pp = table(&out.join("pinpoint.parquet"));
+    assert_eq!(pp.height(), 5 * want.len(), "points at 8, 10, 12, 14, 16");
+    let (psteps, pmetrics, pvalues) = (f64s(&pp, "step"), strs(&pp, "metric"), f64s(&pp, "value"));
+    for step in [8.0, 12.0, 16.0] {
+        for m in want {
+            let i = (0..pp.height())
+                .find(|&i| psteps[i] == step && pmetrics[i] == m)
+                .unwrap();
+            if step == 8.0 && m == "aaer" {
+                assert!(pvalues[i].is_nan());
+                continue;
+            }
+            assert_eq!(pvalues[i].to_bits(), value(step, m).to_bits(), "{m} at step {step}");
+        }
+    }
+    let kept = f64s(&sum, "snapshots")[0] as usize;
+    let co = f64s(&sum, "co_step")[0];
+    // Mini-checkpoints every 2 steps of the epoch, all of them within the (wide) window of a CO step.
+    assert_eq!(kept, if co.is_nan() { 0 } else { 4 }, "co step {co}");
+    // A checkpoint changed after training: the replay refuses, naming the file.
+    let first = run.join("epoch-001.safetensors");
+    let (mut t, meta) = covf::run::checkpoint::load_tensors(&first, &Device::Cpu).unwrap();
+    let w = t["linear.bias"].clone();
+    t.insert("linear.bias".into(), (w + 1e-3).unwrap());
+    covf::run::checkpoint::save_tensors(&first, &t.into_iter().collect(), &meta).unwrap();
+    let o = covf_code(
+        &[
+            "analyze", "pinpoint", "--runs", "on", "--epoch", "2", "--study", "s", "--quiet",
+        ],
+        d,
+        2,
+    );
+    assert!(
+        text(&o).contains("did not reproduce") && text(&o).contains("epoch-001"),
+        "{}",
+        text(&o)
+    );
+
+    // Bad monitor settings are refused before anything trains.
+    for (args, says) in [
+        (&["--monitor-signals", "pgdd"][..], "grad-align"),
+        (&["--monitor-signals", "transfer"][..], "--monitor-ref"),
+        (&["--monitor-every", "often"][..], "--monitor-every"),
+        (&["--early-stop", "lle", "--monitor-every", "0"][..], "--monitor-every"),
+        (&["--early-stop", "pgd:-1"][..], "> 0"),
+        (&["--monitor-ref", "ref@7"][..], "epoch 7"),
+        (&["--monitor-ref", "nobody"][..], "nobody"),
+    ] {
+        let mut a = vec!["train", "--name", "bad"];
+        a.extend_from_slice(SMALL);
+        a.extend_from_slice(args);
+        let o = covf_code(&a, d, 2);
+        assert!(text(&o).contains(says), "{args:?}: {}", text(&o));
+    }
+}
+
+#[test]
+fn early_stop_keeps_the_monitor_point_before_the_alarm_and_the_run_counts_as_finished() {
+    require_fmnist();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let three = ["--epochs", "3", "--monitor-every", "4"];
+    monitored(d, "plain", &three);
+    // A hair-trigger rule (any rise of E_lin above its lowest) so that it fires within the run.
+    let mut stop = three.to_vec();
+    stop.extend_from_slice(&["--early-stop", "lle:1.0001"]);
+    monitored(d, "stop", &stop);
+    let run = d.join("checkpoints/stop");
+    let m = table(&run.join("metrics.parquet"));
+    let why = strs(&m, "stopped");
+    let last = why.last().unwrap();
+    assert!(last.contains("lle") && last.contains("fired at step"), "{why:?}");
+    assert!(why[..why.len() - 1].iter().all(String::is_empty));
+    let kept = *f64s(&m, "step").last().unwrap() as usize;
+    assert!(last.ends_with(&format!("kept step {kept}")), "{last}");
+    let alarm: usize = last
+        .split("fired at step ")
+        .nth(1)
+        .and_then(|t| t.split(';').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap();
+    assert_eq!(alarm, kept + 4, "the point before the alarm");
+    // The kept weights are the plain run's at that step; where it is an epoch boundary (8 steps an epoch),
+    // the plain run has them in a checkpoint.
+    let final_ck = run.join(format!("epoch-{:03}.safetensors", m.height()));
+    if kept > 0 && kept.is_multiple_of(8) {
+        let same = d.join(format!("checkpoints/plain/epoch-{:03}.safetensors", kept / 8));
+        assert!(tensors_of(&final_ck) == tensors_of(&same), "kept step {kept}");
+    }
+    // The monitor stops at the alarm; the run is finished: a resume trains nothing, `covf runs` says why.
+    let steps = f64s(&table(&run.join("monitor.parquet")), "step");
+    assert_eq!(*steps.iter().fold(&0.0, |a, b| if b > a { b } else { a }), alarm as f64);
+    let before = std::fs::read(&final_ck).unwrap();
+    let mut again = vec!["train", "--name", "stop", "--resume", "--quiet"];
+    again.extend_from_slice(&stop);
+    covf_ok(&again, d);
+    assert_eq!(std::fs::read(&final_ck).unwrap(), before);
+    let o = covf_ok(&["runs"], d);
+    assert!(text(&o).contains("stopped early: lle"), "{}", text(&o));
 }

@@ -25,6 +25,8 @@ const TINY: &[&str] = &[
     "--batch-size",
     "64",
     "--save-every-epoch",
+    "--monitor-probe",
+    "16",
     "--quiet",
 ];
 
@@ -275,6 +277,15 @@ fn sigkill_at_random_moments_never_leaves_a_torn_file_and_resumes_to_the_same_we
                 };
                 assert_eq!(bits(&df), bits(&full_df), "{label}: metrics column {col}");
             }
+            // The monitor's table (a point every step here) too, to the last digit.
+            let monitor = std::fs::read_to_string(cut.join("monitor.csv")).unwrap();
+            let want = std::fs::read_to_string(full.join("monitor.csv")).unwrap();
+            assert_eq!(want.lines().count(), 1 + 17 * 10, "{label}: 17 points of 10 metrics");
+            assert_eq!(
+                monitor.replace(&format!("\n{name},"), "\nfull,"),
+                want,
+                "{label}: monitor.csv"
+            );
             if label == "apart" {
                 // Identical but for the run's name, to the last digit.
                 let steps = std::fs::read_to_string(cut.join("step-sizes.csv")).unwrap();

@@ -15,6 +15,10 @@
 //! Transfer strength here is always the method's *own* generator (`generator = own` rows), as the table
 //! says in its `transfer_generator` column: deterioration is a property of the perturbation the method
 //! trains on. The deterioration epoch is the first epoch showing either sign.
+//!
+//! Where a run has an in-training monitor the verdict is also given in steps: the CO step and each
+//! signal's change step come from the monitor's detectors (`monitor::detect`), the deterioration step is
+//! the first firing of the gap or transfer detector, and `co-signals` lists every signal's lead or lag.
 
 use std::path::Path;
 
@@ -25,8 +29,12 @@ use super::registry::{opt, value, Analysis, Flag, Flags, Job, Outcome};
 use super::tidy;
 use super::transfer::Source;
 use crate::error::{CovfError, Result};
+use crate::monitor::detect::{changes, Changes};
 use crate::run::checkpoint::RunDir;
-use crate::run::metrics::{col_f64, col_str, col_u64, read_parquet};
+use crate::run::metrics::{col_f64, col_str, col_u64, read_monitor, read_parquet};
+
+/// The table of each signal's change step per run (runs with a monitor).
+pub const CO_SIGNALS: &str = "co-signals";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CoCriteria {
@@ -139,7 +147,42 @@ pub struct CoRow {
     pub deterioration_epoch: Option<u64>,
     /// Both epochs exist and are equal (null when neither happened).
     pub coincide: Option<bool>,
+    /// At step resolution, from the run's in-training monitor (all null without one): steps between its
+    /// points, the CO step (the probe's PGD accuracy `drop` below its best so far), the deterioration step
+    /// (the first firing of the gap or transfer detector), deterioration − CO in steps, and whether the two
+    /// are within one monitor interval of each other.
+    pub monitor_every: Option<u64>,
+    pub co_step: Option<u64>,
+    pub deterioration_step: Option<u64>,
+    /// NaN where either step is missing (tables hold no signed integers; these are exact in f64).
+    pub lag_steps: f64,
+    pub coincide_steps: Option<bool>,
     pub verdict: String,
+}
+
+/// `+12`, `-3`, or `–` for NaN.
+pub fn signed(v: f64) -> String {
+    if v.is_nan() {
+        "–".into()
+    } else {
+        format!("{v:+}")
+    }
+}
+
+/// One signal's change on one run, from its monitor: a row of `co-signals`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoSignalRow {
+    pub run: String,
+    pub method: String,
+    pub seed: u64,
+    pub signal: String,
+    /// The detector's rule at its default threshold.
+    pub rule: String,
+    pub co_step: Option<u64>,
+    pub change_step: Option<u64>,
+    /// change − CO, in steps: negative when the signal changed first (it leads); NaN where either is missing.
+    pub lag_steps: f64,
+    pub monitor_every: Option<u64>,
 }
 
 /// The first epoch (after the first) where `hit(previous, current)` and `before(earlier values)` holds
@@ -215,8 +258,69 @@ pub fn judge(
         never_stronger_than_random: never_strong,
         deterioration_epoch: det,
         coincide,
+        monitor_every: None,
+        co_step: None,
+        deterioration_step: None,
+        lag_steps: f64::NAN,
+        coincide_steps: None,
         verdict,
     }
+}
+
+/// `row` at step resolution from the run's monitor: the step columns, and the verdict in steps (the epoch
+/// verdict stays in the epoch columns).
+pub fn with_steps(mut row: CoRow, ch: &Changes) -> CoRow {
+    let (co, det) = (ch.co_step, ch.deterioration_step());
+    let lag = match (co, det) {
+        (Some(a), Some(b)) => Some(b as i64 - a as i64),
+        _ => None,
+    };
+    let within = |l: i64| ch.every.is_some_and(|k| l.unsigned_abs() <= k);
+    let mut verdict = match (co, det, lag) {
+        (Some(a), Some(_), Some(l)) if within(l) => format!(
+            "CO and perturbation deterioration coincide at step {a} (deterioration {l:+} steps, within one \
+             monitor interval of {} steps)",
+            ch.every.unwrap_or(0)
+        ),
+        (Some(a), Some(b), _) => format!("CO at step {a}, perturbation deterioration at step {b}"),
+        (Some(a), None, _) => format!("CO at step {a} without a measured perturbation deterioration"),
+        (None, Some(b), _) => format!("perturbation deterioration at step {b} without CO"),
+        (None, None, _) => "no CO and no perturbation deterioration".into(),
+    };
+    if row.never_stronger_than_random == Some(true) {
+        verdict.push_str("; its own perturbation never transferred clearly stronger than random noise");
+    }
+    row.monitor_every = ch.every;
+    row.co_step = co;
+    row.deterioration_step = det;
+    row.lag_steps = lag.map_or(f64::NAN, |l| l as f64);
+    row.coincide_steps = match (co, det) {
+        (None, None) => None,
+        _ => Some(lag.is_some_and(within)),
+    };
+    row.verdict = verdict;
+    row
+}
+
+/// Each detector's change step on one run, beside its CO step.
+pub fn signal_rows(run: &str, method: &str, seed: u64, ch: &Changes) -> Vec<CoSignalRow> {
+    ch.signals
+        .iter()
+        .map(|(d, step)| CoSignalRow {
+            run: run.into(),
+            method: method.into(),
+            seed,
+            signal: d.name().into(),
+            rule: d.describe(None),
+            co_step: ch.co_step,
+            change_step: *step,
+            lag_steps: match (ch.co_step, step) {
+                (Some(a), Some(b)) => *b as f64 - a as f64,
+                _ => f64::NAN,
+            },
+            monitor_every: ch.every,
+        })
+        .collect()
 }
 
 /// Test PGD accuracy per epoch from a run's metrics.
@@ -261,11 +365,19 @@ fn upstream_series(out: &Path, gap_table: &str) -> Result<(Vec<GapPoint>, Vec<Tr
     Ok((gaps, transfers))
 }
 
-/// The verdict for each run, from its metrics and its gap and own-generator transfer series.
-pub fn run(runs: &[RunDir], gaps: &[GapPoint], transfers: &[TransferPoint], c: &CoCriteria) -> Result<Vec<CoRow>> {
+/// The verdict for each run, from its metrics and its gap and own-generator transfer series, at step
+/// resolution where the run has a monitor (with each signal's change step).
+pub fn run(
+    runs: &[RunDir],
+    gaps: &[GapPoint],
+    transfers: &[TransferPoint],
+    c: &CoCriteria,
+) -> Result<(Vec<CoRow>, Vec<CoSignalRow>)> {
     let mut out = Vec::new();
+    let mut signals = Vec::new();
     for r in runs {
-        let method = r.read_spec()?.method.label();
+        let spec = r.read_spec()?;
+        let method = spec.method.label();
         let mut g: Vec<(u64, f64)> = gaps.iter().filter(|x| x.0 == r.name).map(|x| (x.1, x.2)).collect();
         g.sort_by_key(|x| x.0);
         let mut t: Vec<(u64, f64, f64)> = transfers
@@ -274,9 +386,17 @@ pub fn run(runs: &[RunDir], gaps: &[GapPoint], transfers: &[TransferPoint], c: &
             .map(|x| (x.1, x.2, x.3))
             .collect();
         t.sort_by_key(|x| x.0);
-        out.push(judge(&r.name, &method, &pgd_series(r)?, &g, &t, c));
+        let row = judge(&r.name, &method, &pgd_series(r)?, &g, &t, c);
+        match read_monitor(&r.path)? {
+            Some(rows) => {
+                let ch = changes(&rows, c.drop);
+                signals.extend(signal_rows(&r.name, &method, spec.seed, &ch));
+                out.push(with_steps(row, &ch));
+            }
+            None => out.push(row),
+        }
     }
-    Ok(out)
+    Ok((out, signals))
 }
 
 /// `covf analyze co`; `co = [runs]` in a study. It reads the gap and transfer tables of its runs, written
@@ -307,6 +427,9 @@ impl Analysis for Co {
     fn uses_reference(&self) -> bool {
         true
     }
+    fn tables(&self, _flags: &Flags) -> Result<Vec<String>> {
+        Ok(vec!["co".into(), CO_SIGNALS.into()])
+    }
     fn upstream(&self, flags: &Flags) -> Result<Vec<(&'static str, Flags)>> {
         let b = flags.get(GAP_REF.name).unwrap_or(GAP_REF.default);
         gap::pgd_steps(b, "--gap-ref")?;
@@ -324,26 +447,46 @@ impl Analysis for Co {
         let steps = gap::pgd_steps(job.flags.get(GAP_REF.name).unwrap_or(GAP_REF.default), "--gap-ref")?;
         // The upstream analyses wrote both tables just before, over (at least) these runs.
         let (gaps, transfers) = upstream_series(&job.ctx.out, &format!("gap-pgd{steps}"))?;
-        let rows = run(&job.runs, &gaps, &transfers, &crit)?;
+        let (rows, signals) = run(&job.runs, &gaps, &transfers, &crit)?;
         tidy::write(&job.ctx.out, "co", &rows)?;
+        tidy::write(&job.ctx.out, CO_SIGNALS, &signals)?;
         let mut lines = vec![format!(
-            "{:<44} {:>4} {:>6} {:>9} {:>10} {:>9}  verdict",
-            "run", "CO", "gap↑", "S≈random", "deterior.", "coincide"
+            "{:<44} {:>4} {:>6} {:>9} {:>10} {:>9} {:>8} {:>8}  verdict",
+            "run", "CO", "gap↑", "S≈random", "deterior.", "coincide", "CO step", "det step"
         )];
         lines.extend(rows.iter().map(|x| {
             format!(
-                "{:<44} {:>4} {:>6} {:>9} {:>10} {:>9}  {}",
+                "{:<44} {:>4} {:>6} {:>9} {:>10} {:>9} {:>8} {:>8}  {}",
                 x.run,
                 opt(x.co_epoch),
                 opt(x.gap_jump_epoch),
                 opt(x.transfer_random_epoch),
                 opt(x.deterioration_epoch),
                 x.coincide.map_or("–".to_string(), |c| c.to_string()),
+                opt(x.co_step),
+                opt(x.deterioration_step),
                 x.verdict
             )
         }));
+        if !signals.is_empty() {
+            lines.push(String::new());
+            lines.push(format!(
+                "{:<44} {:<11} {:>8} {:>8} {:>6}  (lag: steps after CO; negative leads)",
+                "run", "signal", "CO step", "change", "lag"
+            ));
+            lines.extend(signals.iter().map(|s| {
+                format!(
+                    "{:<44} {:<11} {:>8} {:>8} {:>6}",
+                    s.run,
+                    s.signal,
+                    opt(s.co_step),
+                    opt(s.change_step),
+                    signed(s.lag_steps)
+                )
+            }));
+        }
         Ok(Outcome {
-            tables: vec!["co".into()],
+            tables: vec!["co".into(), CO_SIGNALS.into()],
             lines,
             summary: rows.iter().map(|r| format!("{}: {}", r.run, r.verdict)).collect(),
             ..Outcome::default()

@@ -7,9 +7,12 @@ pub use crate::run::cache;
 pub use crate::run::table as tidy;
 pub mod co;
 pub mod curves;
+pub mod detectors;
 pub mod gap;
 pub mod generator;
+pub mod monitor;
 pub mod perturbations;
+pub mod pinpoint;
 pub mod random;
 pub mod registry;
 pub mod steps;
@@ -39,7 +42,10 @@ pub static ANALYSES: &[&dyn registry::Analysis] = &[
     &random::Random,
     &curves::Curves,
     &steps::Steps,
+    &monitor::MonitorTable,
     &co::Co,
+    &detectors::Detectors,
+    &pinpoint::Pinpoint,
     &perturbations::Perturbations,
     &tradeoff::Tradeoff,
 ];

@@ -124,8 +124,27 @@ impl Attack for Generator {
         rows: std::ops::Range<usize>,
         ctx: &mut AttackCtx,
     ) -> Result<Perturbation> {
-        let delta = match *self {
-            Generator::Zero => x.zeros_like()?,
+        let (delta, _) = self.perturb_from_start(model, x, y, rows, ctx)?;
+        Ok(Perturbation {
+            delta,
+            clean_logits: None,
+        })
+    }
+}
+
+impl Generator {
+    /// As `perturb_rows`, with the logits at the generator's starting point x + δ0 (its first forward;
+    /// `None` for `Zero`, which takes no step): what the abnormal-adversarial-example signal compares with.
+    pub fn perturb_from_start(
+        &self,
+        model: &dyn Classifier,
+        x: &Tensor,
+        y: &Tensor,
+        rows: std::ops::Range<usize>,
+        ctx: &mut AttackCtx,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (delta, start_logits) = match *self {
+            Generator::Zero => (x.zeros_like()?, None),
             Generator::Step { eps, alpha, start } => {
                 let d0 = if start > 0.0 {
                     let k = start * eps;
@@ -134,8 +153,8 @@ impl Attack for Generator {
                 } else {
                     x.zeros_like()?
                 };
-                let (g, _) = input_grad(model, x, &d0, y, ctx.mode)?;
-                project(&(d0 + (g.sign()? * f64::from(alpha))?)?, x, eps)?
+                let (g, logits) = input_grad(model, x, &d0, y, ctx.mode)?;
+                (project(&(d0 + (g.sign()? * f64::from(alpha))?)?, x, eps)?, Some(logits))
             }
             Generator::Pgd {
                 eps,
@@ -148,10 +167,13 @@ impl Attack for Generator {
                 } else {
                     x.zeros_like()?
                 };
+                let mut first = None;
                 for _ in 0..steps {
-                    d = sign_step(model, x, &d, y, alpha, eps, ctx.mode)?.0;
+                    let (next, logits) = sign_step(model, x, &d, y, alpha, eps, ctx.mode)?;
+                    first.get_or_insert(logits);
+                    d = next;
                 }
-                d
+                (d, first)
             }
             Generator::Sfgsm {
                 eps,
@@ -160,7 +182,10 @@ impl Attack for Generator {
             } => {
                 let start = uniform_start(x, eps, ctx.rng)?;
                 let (d, start_logits) = sign_step(model, x, &start, y, alpha, eps, ctx.mode)?;
-                cut_at_first_misclassified(model, x, &d, y, &start_logits, checkpoints)?
+                (
+                    cut_at_first_misclassified(model, x, &d, y, &start_logits, checkpoints)?,
+                    Some(start_logits),
+                )
             }
             Generator::LearnedInit {
                 eps, alpha, ref init, ..
@@ -177,14 +202,11 @@ impl Attack for Generator {
                 }
                 let s = init.narrow(0, rows.start, rows.len())?;
                 let d0 = project(&s, x, eps)?;
-                let (g, _) = input_grad(model, x, &d0, y, ctx.mode)?;
-                project(&(s + (g.sign()? * f64::from(alpha))?)?, x, eps)?
+                let (g, logits) = input_grad(model, x, &d0, y, ctx.mode)?;
+                (project(&(s + (g.sign()? * f64::from(alpha))?)?, x, eps)?, Some(logits))
             }
         };
-        Ok(Perturbation {
-            delta: delta.detach(),
-            clean_logits: None,
-        })
+        Ok((delta.detach(), start_logits))
     }
 }
 

@@ -16,7 +16,8 @@ use covf::CovfError;
 #[command(after_help = "Examples:
   covf bench                                              # tiny net, 1x28x28, batch 128: clean, fgsm, pgd10
   covf bench --arch preact18 --dataset cifar10 --steps fgsm --iters 5
-  covf bench --threads 1 --json > bench.json")]
+  covf bench --threads 1 --json > bench.json
+  covf bench --steps fgsm --monitor                       # the FGSM step beside one monitor point per signal")]
 pub struct BenchArgs {
     /// Architecture: preact-tiny, preact18, wrn34-10.
     #[arg(long, default_value = "preact-tiny")]
@@ -54,6 +55,10 @@ pub struct BenchArgs {
     /// Compute dtype of the timed steps: f32, bf16 or f16 (mixed precision, as `covf train --dtype`).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// Also time one in-training monitor point per signal alone (monitor:<signal>) and with every signal
+    /// together (monitor:all), the batch as the probe (docs/monitor.md).
+    #[arg(long)]
+    pub monitor: bool,
 }
 
 /// A step name → the method spec `covf train` would build for it on `dataset` at `eps` (same defaults): a
@@ -132,7 +137,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             );
         }
     };
-    let rows = bench::run(&spec, &dev, print)?;
+    let mut rows = bench::run(&spec, &dev, print)?;
+    if a.monitor {
+        rows.extend(bench::run_monitor(&spec, &dev, print)?);
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     }

@@ -45,11 +45,19 @@ pub fn run(_a: RunsArgs, root: &Path) -> anyhow::Result<()> {
             dataset,
             arch,
             eps,
-            format!("{}/{}", s.epochs_done, total),
+            format!(
+                "{}/{}{}",
+                s.epochs_done,
+                total,
+                if s.stopped.is_some() { "!" } else { "" }
+            ),
             pct(s.last_clean),
             pct(s.last_pgd),
             drop
         );
+        if let Some(why) = s.stopped {
+            println!("  stopped early: {why}");
+        }
         if let Some(p) = s.problem {
             println!("  ! {p}");
         }

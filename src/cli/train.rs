@@ -185,6 +185,26 @@ pub struct TrainArgs {
     /// [default: f32].
     #[arg(long)]
     pub dtype: Option<String>,
+    /// Steps between points of the in-training monitor (monitor.parquet/.csv in the run): a number, auto
+    /// (steps per epoch / 8: at least 8 points an epoch) or 0 to turn it off [default: auto].
+    #[arg(long, value_name = "K")]
+    pub monitor_every: Option<String>,
+    /// The monitor's signals, comma-separated: pgd, fgsm, gap, cos, grad-align, aaer, lle, transfer (needs
+    /// --monitor-ref), wong; docs/monitor.md [default: all that apply].
+    #[arg(long, value_name = "LIST")]
+    pub monitor_signals: Option<String>,
+    /// Test images the monitor probes (the first of the evaluation images), and training images of Wong's
+    /// probe [default: 128].
+    #[arg(long, value_name = "N")]
+    pub monitor_probe: Option<usize>,
+    /// Reference model of the monitor's transfer signal: a run under checkpoints/, its last epoch or RUN@EPOCH.
+    #[arg(long, value_name = "RUN[@EPOCH]")]
+    pub monitor_ref: Option<String>,
+    /// Stop when a monitor signal's detector fires, and keep the monitor point before the alarm as the
+    /// run's final checkpoint: pgd (probe PGD accuracy 0.2 below its best), wong, gap, transfer, cos,
+    /// grad-align, lle, aaer; a threshold after ':' (pgd:0.3); docs/monitor.md [default: off].
+    #[arg(long, value_name = "SIGNAL[:T]")]
+    pub early_stop: Option<String>,
 }
 
 impl TrainArgs {
@@ -228,6 +248,11 @@ impl TrainArgs {
             name: self.name.clone(),
             device: self.device.clone(),
             dtype: self.dtype.clone(),
+            monitor_every: self.monitor_every.clone(),
+            monitor_signals: self.monitor_signals.as_deref().map(covf::run::settings::split_names),
+            monitor_probe: self.monitor_probe,
+            monitor_ref: self.monitor_ref.clone(),
+            early_stop: self.early_stop.clone(),
             method_flags: self.method_flags.0.clone(),
         }
     }

@@ -10,6 +10,9 @@ use polars::prelude::*;
 use super::style::{display_name, method_index};
 use crate::analysis::tidy;
 use crate::error::{CovfError, Result};
+use crate::monitor::detect::changes;
+use crate::monitor::MonitorRow;
+use crate::run::metrics::read_monitor;
 
 /// One line (or point set) of a chart.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,6 +155,66 @@ pub fn labelled(groups: Vec<Group>, scale: f64) -> Vec<Series> {
     // Legends list methods in the same order in every figure.
     series.sort_by_key(|s| s.style);
     series
+}
+
+/// The monitor's rows of a study (`out/monitor.parquet`, written by `covf analyze monitor`).
+pub fn monitor_rows(t: &StudyTables) -> Result<Vec<MonitorRow>> {
+    Ok(read_monitor(&t.dir)?.unwrap_or_default())
+}
+
+/// Steps per epoch of a run, from any of its points inside an epoch (step = (epoch − 1 + frac)·steps).
+fn steps_per_epoch(rows: &[&MonitorRow]) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.epoch_frac > 0.0)
+        .map(|r| (r.step as f64 / (r.epoch as f64 - 1.0 + r.epoch_frac)).round())
+}
+
+/// Lines of one monitor metric over training steps, one per run (values × `scale`), with the epoch boundaries
+/// and each run's CO step (the `pgd` detector) as vertical markers.
+pub fn step_series(rows: &[MonitorRow], metric: &str, scale: f64) -> (Vec<Series>, Vec<(f64, String)>) {
+    let mut keys = Vec::new();
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for r in rows.iter().filter(|r| r.metric == metric && r.value.is_finite()) {
+        keys.push((r.run.clone(), r.method.clone()));
+        xs.push(r.step as f64);
+        ys.push(r.value);
+    }
+    let series = labelled(group(&keys, &xs, &ys), scale);
+    let mut runs: Vec<(&str, &str)> = Vec::new();
+    for r in rows {
+        if !runs.iter().any(|(n, _)| *n == r.run) {
+            runs.push((r.run.as_str(), r.method.as_str()));
+        }
+    }
+    let mut vlines = Vec::new();
+    if let Some((first, _)) = runs.first() {
+        let mine: Vec<&MonitorRow> = rows.iter().filter(|r| r.run == *first).collect();
+        let last = mine.iter().map(|r| r.epoch).max().unwrap_or(1);
+        if let Some(k) = steps_per_epoch(&mine) {
+            vlines.extend((1..last).map(|e| (e as f64 * k, format!("epoch {}", e + 1))));
+        }
+    }
+    for (run, method) in runs {
+        let mine: Vec<MonitorRow> = rows.iter().filter(|r| r.run == run).cloned().collect();
+        if let Some(s) = changes(&mine, 0.2).co_step {
+            vlines.push((s as f64, format!("CO ({})", display_name(method))));
+        }
+    }
+    (series, vlines)
+}
+
+/// A chart of one monitor metric over training steps.
+pub fn step_chart(rows: &[MonitorRow], metric: &str, scale: f64, title: &str, y_desc: &str) -> LineChart {
+    let (series, vlines) = step_series(rows, metric, scale);
+    LineChart {
+        title: title.into(),
+        x_desc: "Training step".into(),
+        y_desc: y_desc.into(),
+        series,
+        vlines,
+        integer_x: false,
+        scatter: false,
+    }
 }
 
 impl StudyTables {

@@ -1,8 +1,11 @@
 //! Figure 2: (a) transfer strength per epoch per method with the random baseline, as the paper draws it
 //! (plain FGSM on each run's checkpoints), and `2a-own` with each method's own generator; (b) the strength
-//! gap G_PGD-10,i(A) per epoch.
+//! gap G_PGD-10,i(A) per epoch; and both at step resolution from the in-training monitor (`2a-steps`,
+//! `2b-steps`: x = training step, epoch boundaries and each run's CO step marked).
 
-use super::data::{f64s, group, labelled, strs, u64s, LineChart, Series, StudyTables};
+use super::data::{
+    f64s, group, labelled, monitor_rows, step_chart, step_series, strs, u64s, LineChart, Series, StudyTables,
+};
 use super::Figure;
 use crate::analysis::transfer::Source;
 use crate::error::Result;
@@ -98,5 +101,52 @@ impl Figure for Fig2b {
 
     fn select(t: &StudyTables) -> Result<LineChart> {
         t.gap(10, None)
+    }
+}
+
+/// Figure 2a at step resolution: the reference's accuracy on the probe + f_FGSM of each run as it trains
+/// (the monitor's `transfer` signal), with each run's random-sign baseline.
+pub struct Fig2aSteps;
+
+impl Figure for Fig2aSteps {
+    type Data = LineChart;
+    const ID: &'static str = "2a-steps";
+    const NEEDS: &'static [&'static str] = &["monitor"];
+
+    fn select(t: &StudyTables) -> Result<LineChart> {
+        let rows = monitor_rows(t)?;
+        let mut c = step_chart(
+            &rows,
+            "transfer_acc",
+            100.0,
+            "Transfer strength of FGSM during training (monitor)",
+            "Reference accuracy (%, lower = stronger)",
+        );
+        let (random, _) = step_series(&rows, "transfer_random", 100.0);
+        for mut r in random {
+            r.label = format!("Random (±ε signs), {}", r.label);
+            r.reference = true;
+            c.series.push(r);
+        }
+        Ok(c)
+    }
+}
+
+/// Figure 2b at step resolution: the gap L(δ_PGD) − L(δ_own) on the monitor's probe.
+pub struct Fig2bSteps;
+
+impl Figure for Fig2bSteps {
+    type Data = LineChart;
+    const ID: &'static str = "2b-steps";
+    const NEEDS: &'static [&'static str] = &["monitor"];
+
+    fn select(t: &StudyTables) -> Result<LineChart> {
+        Ok(step_chart(
+            &monitor_rows(t)?,
+            "gap",
+            1.0,
+            "Perturbation gap to PGD during training (monitor)",
+            "L(δ_PGD) − L(δ_own) (nats)",
+        ))
     }
 }

@@ -32,7 +32,7 @@ impl Figure for Fig5 {
         };
         let mut gap = t.gap(20, Some(m))?;
         gap.title = "(c) Perturbation gap to PGD-20".into();
-        Ok(Panels(vec![
+        Ok(Panels::row(vec![
             chart(
                 "(a) Training accuracy",
                 "Train accuracy, own perturbation (%)",
@@ -48,23 +48,39 @@ impl Figure for Fig5 {
     }
 }
 
-/// Line charts side by side.
-pub struct Panels(pub Vec<LineChart>);
+/// Line charts in a grid, row by row.
+pub struct Panels {
+    pub charts: Vec<LineChart>,
+    pub columns: usize,
+}
+
+impl Panels {
+    /// Side by side.
+    pub fn row(charts: Vec<LineChart>) -> Panels {
+        let columns = charts.len().max(1);
+        Panels { charts, columns }
+    }
+
+    fn rows(&self) -> usize {
+        self.charts.len().div_ceil(self.columns.max(1)).max(1)
+    }
+}
 
 impl Drawing for Panels {
-    /// Drawn when any panel has a run of the methods compared.
+    /// Drawn when any panel has data.
     fn is_empty(&self) -> bool {
-        self.0.iter().all(LineChart::is_empty)
+        self.charts.iter().all(LineChart::is_empty)
     }
 
     /// Each panel the size of a single figure.
     fn size(&self) -> (u32, u32) {
-        (super::style::SIZE.0 * self.0.len().max(1) as u32, super::style::SIZE.1)
+        let (w, h) = super::style::SIZE;
+        (w * self.columns.max(1) as u32, h * self.rows() as u32)
     }
 
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()> {
-        let cells = area.split_evenly((1, self.0.len().max(1)));
-        for (cell, c) in cells.iter().zip(&self.0) {
+        let cells = area.split_evenly((self.rows(), self.columns.max(1)));
+        for (cell, c) in cells.iter().zip(&self.charts) {
             chart::draw(cell, c)?;
         }
         Ok(())

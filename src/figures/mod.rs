@@ -1,4 +1,4 @@
-//! Figures 1–5 of the paper, drawn from a study's tidy tables with plotters into
+//! Figures 1–5 of the paper (and Figure 2 and the monitor's signals at step resolution), drawn from a study's tidy tables with plotters into
 //! `analyses/<study>/figures/fig<id>.png` and `.svg`. A figure is one file (`figN.rs`) implementing
 //! `Figure` — its id, the tables it reads, its data selection, its size and a backend-generic `draw` —
 //! and one line in `FIGURES`. `data` holds what several figures share, `chart` the line chart they draw,
@@ -11,6 +11,7 @@ pub mod fig2;
 pub mod fig3;
 pub mod fig4;
 pub mod fig5;
+pub mod figmonitor;
 pub mod style;
 
 use std::marker::PhantomData;
@@ -111,9 +112,12 @@ pub static FIGURES: &[&dyn FigureDef] = &[
     &Entry::<fig2::Fig2a>::new(),
     &Entry::<fig2::Fig2aOwn>::new(),
     &Entry::<fig2::Fig2b>::new(),
+    &Entry::<fig2::Fig2aSteps>::new(),
+    &Entry::<fig2::Fig2bSteps>::new(),
     &Entry::<fig3::Fig3>::new(),
     &Entry::<fig4::Fig4>::new(),
     &Entry::<fig5::Fig5>::new(),
+    &Entry::<figmonitor::FigMonitor>::new(),
 ];
 
 /// Every figure id, in order.

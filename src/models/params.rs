@@ -94,6 +94,14 @@ impl ParamStore {
             .collect()
     }
 
+    /// A copy of every tensor that later steps (which update the variables in place) leave alone.
+    pub fn snapshot_copy(&self) -> Result<BTreeMap<String, Tensor>> {
+        self.vars
+            .iter()
+            .map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?)))
+            .collect()
+    }
+
     /// Overwrites every tensor from `src`; names, shapes and dtypes must match exactly.
     pub fn load(&self, src: &HashMap<String, Tensor>, origin: &std::path::Path) -> Result<()> {
         let names = |v: &mut Vec<&String>| {

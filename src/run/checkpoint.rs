@@ -267,6 +267,16 @@ impl RunDir {
             .ok_or_else(|| CovfError::checkpoint(&p, "no epoch in the metadata"))
     }
 
+    /// Whether the run needs no more training: `epochs` epochs committed, or stopped early
+    /// (`--early-stop`, recorded in the resume state).
+    pub fn is_finished(&self, epochs: usize) -> Result<bool> {
+        let p = self.state_path();
+        if !p.is_file() {
+            return Ok(false);
+        }
+        Ok(read_metadata(&p)?.contains_key("stopped") || self.completed_epochs()? >= epochs)
+    }
+
     /// Committed epochs with a checkpoint file, ascending. A checkpoint newer than the resume state (a
     /// run killed between the two writes) is left out: the resumed run rewrites it.
     pub fn epochs(&self) -> Result<Vec<usize>> {

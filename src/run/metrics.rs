@@ -18,9 +18,9 @@ pub struct EpochRecord {
     pub train_loss_adv: f64,
     pub train_acc_adv: f64,
     /// NaN for methods that never see the clean input during training (see `StepStats::n_clean`).
-    #[serde(deserialize_with = "null_as_nan")]
+    #[serde(deserialize_with = "crate::exact_json::nan_from_null")]
     pub train_loss_clean: f64,
-    #[serde(deserialize_with = "null_as_nan")]
+    #[serde(deserialize_with = "crate::exact_json::nan_from_null")]
     pub train_acc_clean: f64,
     pub test_acc_clean: f64,
     pub test_acc_fgsm: f64,
@@ -31,13 +31,19 @@ pub struct EpochRecord {
     /// PGD-5 accuracy on the epoch's first training batch (Wong et al.'s CO detector).
     pub co_probe_acc: f64,
     pub co_flag: bool,
+    /// Training time of the epoch, without the monitor's.
     pub epoch_seconds: f64,
     pub eval_seconds: f64,
-}
-
-/// JSON has no NaN: serde_json writes it as null, and null reads back as NaN here.
-fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    /// Time the in-training monitor took during the epoch (0 without it, and in runs from before it).
+    #[serde(default)]
+    pub monitor_seconds: f64,
+    /// Training steps behind this epoch's checkpoint (the epochs' steps; the kept monitor point's after an
+    /// early stop; 0 in runs from before the column).
+    #[serde(default)]
+    pub step: u64,
+    /// Why the run stopped early at this epoch (`--early-stop`), empty otherwise.
+    #[serde(default)]
+    pub stopped: String,
 }
 
 /// One learned step size at the end of one epoch (APART): `step-sizes.parquet` / `.csv`, Figure 3's data.
@@ -80,6 +86,47 @@ pub fn read_step_sizes(dir: &Path) -> Result<Vec<StepSizeRow>> {
             alpha: alpha[i],
         })
         .collect())
+}
+
+/// The monitor's rows of a run directory (`monitor.parquet`), none when it has no monitor table.
+pub fn read_monitor(dir: &Path) -> Result<Option<Vec<crate::monitor::MonitorRow>>> {
+    let path = dir.join(format!("{}.parquet", crate::monitor::TABLE));
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let df = read_parquet(&path)?;
+    let (run, method, signal, metric) = (
+        col_str(&df, "run", &path)?,
+        col_str(&df, "method", &path)?,
+        col_str(&df, "signal", &path)?,
+        col_str(&df, "metric", &path)?,
+    );
+    let (seed, step, epoch) = (
+        col_u64(&df, "seed", &path)?,
+        col_u64(&df, "step", &path)?,
+        col_u64(&df, "epoch", &path)?,
+    );
+    let (frac, lr, value) = (
+        col_f64(&df, "epoch_frac", &path)?,
+        col_f64(&df, "lr", &path)?,
+        col_f64(&df, "value", &path)?,
+    );
+    Ok(Some(
+        (0..df.height())
+            .map(|i| crate::monitor::MonitorRow {
+                run: run[i].clone(),
+                method: method[i].clone(),
+                seed: seed[i],
+                step: step[i],
+                epoch: epoch[i],
+                epoch_frac: frac[i],
+                lr: lr[i],
+                signal: signal[i].clone(),
+                metric: metric[i].clone(),
+                value: value[i],
+            })
+            .collect(),
+    ))
 }
 
 pub(crate) fn col_str(df: &DataFrame, name: &str, path: &Path) -> Result<Vec<String>> {
@@ -142,6 +189,9 @@ mod tests {
             co_flag: false,
             epoch_seconds: 1.5,
             eval_seconds: 0.5,
+            monitor_seconds: 0.0,
+            step: 10 * epoch as u64,
+            stopped: String::new(),
         }
     }
 

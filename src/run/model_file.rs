@@ -119,6 +119,8 @@ fn external_spec(name: &str, label: &str, arch: Arch, dataset: DatasetKind, eps:
         save_every_epoch: false,
         device: "cpu".into(),
         precision: Precision::F32,
+        monitor: super::spec::MonitorSpec::off(),
+        early_stop: None,
     }
 }
 

@@ -10,6 +10,8 @@ use super::spec::{AttackBn, EpochEvalSpec, Eps, TrainSpec};
 use crate::data::{Augment, DatasetKind};
 use crate::error::{CovfError, Result};
 use crate::models::Arch;
+use crate::monitor::detect::Rule;
+use crate::monitor::{Every, MonitorSpec, DEFAULT_PROBE};
 use crate::optim::{LrSchedule, Precision};
 use crate::train::method::{all_flags, lookup, Defaults, Flags};
 
@@ -66,6 +68,17 @@ pub struct TrainSettings {
     pub name: Option<String>,
     pub device: Option<String>,
     pub dtype: Option<String>,
+    /// Steps between monitor points: a number, `auto` (the default) or 0 (off).
+    #[serde(default, deserialize_with = "text")]
+    pub monitor_every: Option<String>,
+    /// Signal names (a study file may give a list).
+    #[serde(default, deserialize_with = "names")]
+    pub monitor_signals: Option<Vec<String>>,
+    pub monitor_probe: Option<usize>,
+    /// `RUN` or `RUN@EPOCH`: the transfer signal's reference model.
+    pub monitor_ref: Option<String>,
+    /// `SIGNAL[:THRESHOLD]`: stop when that signal's detector fires.
+    pub early_stop: Option<String>,
     /// The method's own flags (`--steps`, `--alpha`, …), read by the method (train/<method>.rs).
     #[serde(skip)]
     pub method_flags: Flags,
@@ -85,6 +98,29 @@ fn text<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, 
         T::I(i) => i.to_string(),
         T::F(f) => f.to_string(),
     }))
+}
+
+/// A list of names: a TOML list, or one string of comma-separated names (as the command line gives it).
+fn names<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum L {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(Option::<L>::deserialize(d)?.map(|l| match l {
+        L::One(s) => split_names(&s),
+        L::Many(v) => v,
+    }))
+}
+
+/// `a, b,c` → [a, b, c], empty parts dropped.
+pub fn split_names(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// A flag's value in a study file as the command line would give it: lists comma-joined; `None` for a switch
@@ -249,6 +285,13 @@ impl TrainSettings {
             save_every_epoch: self.save_every_epoch,
             device: self.device.clone().unwrap_or_else(|| "cpu".into()),
             precision,
+            monitor: MonitorSpec::new(
+                Every::parse(self.monitor_every.as_deref().unwrap_or("auto"))?,
+                self.monitor_signals.as_deref(),
+                self.monitor_probe.unwrap_or(DEFAULT_PROBE),
+                self.monitor_ref.clone(),
+            )?,
+            early_stop: self.early_stop.as_deref().map(Rule::parse).transpose()?,
         };
         spec.validate()?;
         Ok(spec)

@@ -8,6 +8,8 @@ use crate::data::{Augment, DatasetKind};
 pub use crate::eps::Eps;
 use crate::error::{CovfError, Result};
 use crate::models::Arch;
+pub use crate::monitor::detect::Rule;
+pub use crate::monitor::MonitorSpec;
 use crate::optim::{LrSchedule, Precision};
 pub use crate::train::{AttackBn, MethodSpec};
 
@@ -53,6 +55,12 @@ pub struct TrainSpec {
     /// Compute dtype of the training passes (master weights stay f32). Runs from before `--dtype` are f32.
     #[serde(default)]
     pub precision: Precision,
+    /// The in-training monitor (`--monitor-every`, …). Runs from before it read as off.
+    #[serde(default)]
+    pub monitor: MonitorSpec,
+    /// `--early-stop`: stop when this detector fires on the monitor, keeping the point before.
+    #[serde(default)]
+    pub early_stop: Option<Rule>,
 }
 
 impl TrainSpec {
@@ -114,6 +122,19 @@ impl TrainSpec {
         }
         if self.eval.test_subset == 0 || self.eval.pgd_steps == 0 {
             return bad("evaluation", "test subset and PGD steps must be at least 1".into());
+        }
+        if let Some(rule) = &self.early_stop {
+            rule.detector()?;
+            if !self.monitor.is_on() || !self.monitor.signals.contains(&rule.signal) {
+                return bad(
+                    "--early-stop",
+                    format!(
+                        "'{}' reads the monitor's {} signal, which this run does not measure: turn the monitor \
+                         on (--monitor-every) with that signal (--monitor-signals)",
+                        rule.signal, rule.signal
+                    ),
+                );
+            }
         }
         Ok(())
     }

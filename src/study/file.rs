@@ -62,6 +62,9 @@ struct Figures {
 }
 
 /// Merges `over` onto `base` (keys of `over` win).
+/// The monitor's reference model key of `[train]` and `[runs.<id>]`.
+const MONITOR_REF: &str = "monitor-ref";
+
 fn merged(base: &toml::Table, over: &toml::Table) -> toml::Table {
     let mut t = base.clone();
     for (k, v) in over {
@@ -164,7 +167,8 @@ fn job(key: &str, v: &toml::Value, train: &toml::Table) -> Result<StudyJob, Covf
 
 /// Parses and validates a study file's text. `dir` is where the study's outputs go.
 pub fn parse(text: &str, path: &Path, dir: Option<PathBuf>) -> crate::Result<StudySpec> {
-    let f: File = toml::from_str(text).map_err(|e| CovfError::data(path, format!("not a valid study file: {e}")))?;
+    let mut f: File =
+        toml::from_str(text).map_err(|e| CovfError::data(path, format!("not a valid study file: {e}")))?;
     crate::run::spec::validate_run_name(&f.study.name).map_err(|_| {
         CovfError::spec(
             "study.name",
@@ -174,11 +178,36 @@ pub fn parse(text: &str, path: &Path, dir: Option<PathBuf>) -> crate::Result<Stu
     if f.runs.is_empty() {
         return Err(CovfError::data(path, "names no runs ([runs.<id>] tables)"));
     }
+    // `monitor-ref` may name a run of the study by its id: it stands for that run's name, the run trains
+    // before the runs that read it, and it does not monitor its own transfer.
+    let mut names = BTreeMap::new();
+    for (id, table) in &f.runs {
+        let mut t = merged(&f.train, table);
+        t.remove(MONITOR_REF);
+        let spec = TrainSettings::from_toml(&t, &format!("runs.{id}"))?.resolve()?;
+        names.insert(id.clone(), spec.name);
+    }
+    let by_name = |t: &toml::Table| -> toml::Table {
+        let mut t = t.clone();
+        if let Some(name) = t.get(MONITOR_REF).and_then(|v| v.as_str()).and_then(|id| names.get(id)) {
+            t.insert(MONITOR_REF.into(), toml::Value::String(name.clone()));
+        }
+        t
+    };
+    f.train = by_name(&f.train);
     let mut runs = Vec::new();
     for (id, table) in &f.runs {
-        let spec = TrainSettings::from_toml(&merged(&f.train, table), &format!("runs.{id}"))?.resolve()?;
+        let mut spec =
+            TrainSettings::from_toml(&merged(&f.train, &by_name(table)), &format!("runs.{id}"))?.resolve()?;
+        if spec.monitor.reference.as_deref() == Some(spec.name.as_str()) {
+            spec.monitor.reference = None;
+            spec.monitor.signals.retain(|s| s != "transfer");
+        }
         runs.push(StudyRun { id: id.clone(), spec });
     }
+    // A reference trains first (otherwise the file's order of ids).
+    let refs: Vec<String> = runs.iter().filter_map(|r| r.spec.monitor.reference.clone()).collect();
+    runs.sort_by_key(|r| !refs.contains(&r.spec.name));
     let mut reference = None;
     let mut jobs = Vec::new();
     for (key, v) in &f.analyses {
@@ -436,10 +465,10 @@ draw = ["1a", "2a"]
         assert_eq!(
             names,
             [
+                "pgd10-fmnist-preact-tiny-eps0.15-s0",
                 "apart-fmnist-preact-tiny-eps0.15-s0",
                 "apart-simple-fmnist-preact-tiny-eps0.15-s0",
                 "fgsm-fmnist-preact-tiny-eps0.15-s0",
-                "pgd10-fmnist-preact-tiny-eps0.15-s0",
             ]
         );
         // The sweep's ε = 0.15 runs are exactly the study's own runs (so they are reused, not retrained).
@@ -457,7 +486,16 @@ draw = ["1a", "2a"]
                 .count(),
             2
         );
-        assert_eq!(s.figures.len(), 8);
+        assert_eq!(s.figures.len(), 11);
+        // `monitor-ref = "pgd10"` names the study's PGD-10 run by its id: it trains first, the others read it,
+        // and it does not monitor its transfer to itself.
+        let by = |id: &str| &s.runs.iter().find(|r| r.id == id).unwrap().spec;
+        let pgd = "pgd10-fmnist-preact-tiny-eps0.15-s0";
+        assert_eq!(by("fgsm").monitor.reference.as_deref(), Some(pgd));
+        assert!(by("fgsm").monitor.signals.iter().any(|x| x == "transfer"));
+        assert_eq!(by("pgd10").monitor.reference, None);
+        assert!(!by("pgd10").monitor.signals.iter().any(|x| x == "transfer"));
+        assert!(specs.iter().all(|x| x.monitor.reference.as_deref() == Some(pgd)));
     }
 
     #[test]

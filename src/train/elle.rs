@@ -211,22 +211,36 @@ impl ElleTraining {
         y: &Tensor,
         rng: &mut Rng,
     ) -> Result<Tensor> {
-        let n = x.dim(0)?;
-        let eps = self.eps;
-        let xa = (x + rng.uniform_tensor(x.dims(), -eps, eps, x.device())?)?;
-        let xb = (x + rng.uniform_tensor(x.dims(), -eps, eps, x.device())?)?;
-        let mut shape = vec![n];
-        shape.extend(std::iter::repeat_n(1, x.rank() - 1));
-        let a = rng.uniform_tensor(&shape, 0.0, 1.0, x.device())?;
-        let xc = (xa.broadcast_mul(&a.affine(-1.0, 1.0)?)? + xb.broadcast_mul(&a)?)?;
-        let points = Tensor::cat(&[&xa, &xb, &xc], 0)?;
-        let ys = Tensor::cat(&[y, y, y], 0)?;
-        let l = per_sample_ce(&model.logits(&points, Mode::TRAIN)?, &ys)?;
-        let (la, lb, lc) = (l.narrow(0, 0, n)?, l.narrow(0, n, n)?, l.narrow(0, 2 * n, n)?);
-        let a = a.flatten_all()?;
-        let gap = ((lc - (a.affine(-1.0, 1.0)? * la)?)? - (a * lb)?)?;
-        Ok(gap.sqr()?.mean_all()?)
+        Ok(linearity_gaps(model, x, y, self.eps, rng, Mode::TRAIN)?
+            .sqr()?
+            .mean_all()?)
     }
+}
+
+/// Per example, ℓ(x_c) − (1 − α)·ℓ(x_a) − α·ℓ(x_b) at x_a, x_b = x + ε·U(−1, 1), α ~ U(0, 1) and
+/// x_c = (1 − α)·x_a + α·x_b, the three points in one forward pass in `mode` (E_lin is the mean square; the
+/// monitor's `lle` signal measures the same in eval mode).
+pub fn linearity_gaps(
+    model: &dyn Classifier,
+    x: &Tensor,
+    y: &Tensor,
+    eps: f32,
+    rng: &mut Rng,
+    mode: Mode,
+) -> Result<Tensor> {
+    let n = x.dim(0)?;
+    let xa = (x + rng.uniform_tensor(x.dims(), -eps, eps, x.device())?)?;
+    let xb = (x + rng.uniform_tensor(x.dims(), -eps, eps, x.device())?)?;
+    let mut shape = vec![n];
+    shape.extend(std::iter::repeat_n(1, x.rank() - 1));
+    let a = rng.uniform_tensor(&shape, 0.0, 1.0, x.device())?;
+    let xc = (xa.broadcast_mul(&a.affine(-1.0, 1.0)?)? + xb.broadcast_mul(&a)?)?;
+    let points = Tensor::cat(&[&xa, &xb, &xc], 0)?;
+    let ys = Tensor::cat(&[y, y, y], 0)?;
+    let l = per_sample_ce(&model.logits(&points, mode)?, &ys)?;
+    let (la, lb, lc) = (l.narrow(0, 0, n)?, l.narrow(0, n, n)?, l.narrow(0, 2 * n, n)?);
+    let a = a.flatten_all()?;
+    Ok(((lc - (a.affine(-1.0, 1.0)? * la)?)? - (a * lb)?)?)
 }
 
 impl TrainMethod for ElleTraining {

@@ -1,0 +1,25 @@
+//! `pgd`: the probe's PGD accuracy falls at least t (default 0.2) below its best so far — catastrophic
+//! overfitting itself; its first firing is a run's CO step.
+
+use super::{drop_below_best, series, Detector};
+use crate::monitor::MonitorRow;
+
+pub struct PgdDrop;
+
+impl Detector for PgdDrop {
+    fn name(&self) -> &'static str {
+        "pgd"
+    }
+    fn rule(&self) -> &'static str {
+        "pgd_acc at least {t} below its best so far"
+    }
+    fn default_threshold(&self) -> f64 {
+        0.2
+    }
+    fn metric(&self) -> &'static str {
+        "pgd_acc"
+    }
+    fn fire(&self, rows: &[MonitorRow], t: f64) -> Option<u64> {
+        drop_below_best(&series(rows, "pgd_acc"), t)
+    }
+}
