@@ -13,7 +13,8 @@ use crate::error::{CovfError, Result};
 use crate::monitor::detect::{changes, Changes};
 use crate::run::metrics::read_monitor;
 
-const DROP: Flag = Flag {
+/// The step-resolution CO rule's threshold (also `pinpoint`'s).
+pub const DROP: Flag = Flag {
     name: "drop",
     help: "A fall of the probe's PGD accuracy by at least this fraction below its best so far is CO",
     value: Some("F"),
@@ -198,25 +199,11 @@ impl Analysis for Detectors {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::monitor::detect::planted;
     use crate::monitor::MonitorRow;
 
     fn rows(metric: &str, values: &[f64]) -> Vec<MonitorRow> {
-        values
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| MonitorRow {
-                run: "r".into(),
-                method: "fgsm".into(),
-                seed: 0,
-                step: 50 * i as u64,
-                epoch: 1,
-                epoch_frac: 0.0,
-                lr: 0.1,
-                signal: String::new(),
-                metric: metric.into(),
-                value: v,
-            })
-            .collect()
+        planted(metric, values, 50)
     }
 
     fn detect(name: &str, monitor: &[MonitorRow]) -> Vec<DetectorRow> {

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::co::{pgd_series, signal_rows, signed, CoSignalRow};
+use super::detectors::DROP;
 use super::registry::{opt, value, Analysis, Flag, Flags, Job, Outcome};
 use super::tidy;
 use crate::error::{CovfError, Result};
@@ -44,13 +45,6 @@ const WINDOW: Flag = Flag {
     value: Some("W"),
     default: "5",
 };
-const DROP: Flag = Flag {
-    name: "drop",
-    help: "A fall of the probe's PGD accuracy by at least this fraction below its best so far is CO",
-    value: Some("F"),
-    default: "0.2",
-};
-
 /// One replayed epoch of one run: a row of `pinpoint-summary`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PinpointRow {

@@ -492,6 +492,17 @@ mod tests {
         start: 0.0,
     };
 
+    /// The point every test measures at.
+    const AT: At<'static> = At {
+        run: "r",
+        method: "fgsm",
+        seed: 3,
+        step: 7,
+        epoch: 1,
+        epoch_frac: 0.5,
+        lr: 0.1,
+    };
+
     fn value(m: &Monitor, metric: &str) -> f64 {
         let s = m.series(metric);
         assert_eq!(s.len(), 1, "{metric}: {s:?}");
@@ -502,21 +513,7 @@ mod tests {
         let spec = MonitorSpec::new(Every::Steps(1), None, 8, reference.as_ref().map(|r| r.label.clone())).unwrap();
         let mut m = Monitor::new(&spec, 1, probes(reference)).unwrap();
         let b = batch(6, &Device::Cpu);
-        m.measure(
-            model,
-            Some(&b),
-            generator,
-            &At {
-                run: "r",
-                method: "fgsm",
-                seed: 3,
-                step: 7,
-                epoch: 1,
-                epoch_frac: 0.5,
-                lr: 0.1,
-            },
-        )
-        .unwrap();
+        m.measure(model, Some(&b), generator, &AT).unwrap();
         m
     }
 
@@ -576,16 +573,7 @@ mod tests {
         assert_eq!(spec.signals, ["pgd", "lle"], "registry order");
         let mut some = Monitor::new(&spec, 1, probes(None)).unwrap();
         let b = batch(6, &Device::Cpu);
-        let at = At {
-            run: "r",
-            method: "fgsm",
-            seed: 3,
-            step: 7,
-            epoch: 1,
-            epoch_frac: 0.5,
-            lr: 0.1,
-        };
-        some.measure(&linear(), Some(&b), &FGSM, &at).unwrap();
+        some.measure(&linear(), Some(&b), &FGSM, &AT).unwrap();
         for metric in ["pgd_acc", "pgd_loss", "lle"] {
             assert_eq!(
                 value(&some, metric).to_bits(),

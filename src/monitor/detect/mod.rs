@@ -178,27 +178,33 @@ fn monitor_interval(rows: &[MonitorRow]) -> Option<u64> {
     steps.windows(2).map(|w| w[1] - w[0]).min()
 }
 
+/// Test series: one row of `metric` per value, a point every `every` steps from step 0.
+#[cfg(test)]
+pub(crate) fn planted(metric: &str, values: &[f64], every: u64) -> Vec<MonitorRow> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| MonitorRow {
+            run: "r".into(),
+            method: "fgsm".into(),
+            seed: 0,
+            step: every * i as u64,
+            epoch: 1,
+            epoch_frac: 0.0,
+            lr: 0.1,
+            signal: String::new(),
+            metric: metric.into(),
+            value: v,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn rows(metric: &str, values: &[f64]) -> Vec<MonitorRow> {
-        values
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| MonitorRow {
-                run: "r".into(),
-                method: "fgsm".into(),
-                seed: 0,
-                step: 10 * i as u64,
-                epoch: 1,
-                epoch_frac: 0.0,
-                lr: 0.1,
-                signal: String::new(),
-                metric: metric.into(),
-                value: v,
-            })
-            .collect()
+        planted(metric, values, 10)
     }
 
     #[test]
