@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds covf with candle's CUDA backend on a machine without a GPU or a CUDA install.
 #
-#   tools/cuda-build.sh check            # cargo check --features cuda (nvcc + headers only, ~100 MB of wheels)
+#   tools/cuda-build.sh check            # cargo clippy --all-targets --features cuda -D warnings: lints and the
+#                                        # CUDA build's compile check in one pass (nvcc + headers, ~100 MB of wheels)
 #   tools/cuda-build.sh build [--cudnn]  # release build, stripped and xz-compressed into gpu/covf.xz
 #
 # nvcc 13.0, the CUDA headers and the link-time libraries come from PyPI (the `cuda-toolkit` wheels, the same
@@ -26,7 +27,7 @@ case "$mode" in
 esac
 
 prefix=${COVF_CUDA_PREFIX:-$HOME/.cache/covf-cuda13}
-# cargo check runs candle-kernels' build script (nvcc compiles the PTX) but links nothing.
+# clippy runs candle-kernels' build script (nvcc compiles the PTX) but links nothing.
 extras=nvcc,crt,nvvm,cccl,cudart
 [ "$mode" = build ] && extras=$extras,cublas,curand,nvrtc
 [ -x "$prefix/venv/bin/pip" ] || python3 -m venv "$prefix/venv"
@@ -57,7 +58,7 @@ features=cuda
 nvcc --version | tail -n 2
 
 if [ "$mode" = check ]; then
-  cargo check --features "$features"
+  cargo clippy --all-targets --features "$features" -- -D warnings
   exit 0
 fi
 cargo build --release --features "$features"
