@@ -1046,6 +1046,7 @@ train-subset = 384
 test-subset = 64
 epochs = 2
 batch-size = 64
+monitor-every = 2
 monitor-probe = 16
 monitor-ref = "pgd10"
 
@@ -1113,8 +1114,8 @@ draw = ["1a", "1b", "2a", "2a-own", "2b", "3", "4", "5", "2a-steps", "2b-steps",
     // The verdict is also given in steps (CO or not, the step columns exist on every run with a monitor).
     let co = table(&out.join("co.parquet"));
     assert!(
-        f64s(&co, "monitor_every").iter().all(|&k| k == 1.0),
-        "a point every step here"
+        f64s(&co, "monitor_every").iter().all(|&k| k == 2.0),
+        "a point every 2 steps here"
     );
     // Perturbations: 2 epochs × 2 images × 28 × 28 pixels, every δ within ε.
     let px = table(&out.join("perturbations.parquet"));

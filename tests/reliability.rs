@@ -25,6 +25,8 @@ const TINY: &[&str] = &[
     "--batch-size",
     "64",
     "--save-every-epoch",
+    "--monitor-every",
+    "1",
     "--monitor-probe",
     "16",
     "--quiet",

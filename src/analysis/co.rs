@@ -148,9 +148,10 @@ pub struct CoRow {
     /// Both epochs exist and are equal (null when neither happened).
     pub coincide: Option<bool>,
     /// At step resolution, from the run's in-training monitor (all null without one): steps between its
-    /// points, the CO step (the probe's PGD accuracy `drop` below its best so far), the deterioration step
-    /// (the first firing of the gap or transfer detector), deterioration − CO in steps, and whether the two
-    /// are within one monitor interval of each other.
+    /// points, the CO step (the probe's PGD accuracy `drop` below its best so far, and on average over the
+    /// next half epoch: `detect::co_step`), the deterioration step (the first firing of the gap or transfer
+    /// detector), deterioration − CO in steps, and whether the two are within one monitor interval of each
+    /// other.
     pub monitor_every: Option<u64>,
     pub co_step: Option<u64>,
     pub deterioration_step: Option<u64>,

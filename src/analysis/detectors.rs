@@ -1,8 +1,9 @@
 //! `covf analyze detectors`: how well each CO signal of the in-training monitor warns of catastrophic
 //! overfitting. Per run and signal (each detector at its documented default threshold, `src/monitor/detect/`):
-//! on runs that collapse (the probe's PGD accuracy falls `--drop` below its best so far: the CO step), the
-//! signal's lead — CO step minus the step its detector fired, positive when it warned ahead; on runs that do
-//! not collapse, whether it fired anyway (a false alarm). Then one summary row per signal.
+//! on runs that collapse (the probe's PGD accuracy falls `--drop` below its best so far, and on average over
+//! the next half epoch: the CO step), the signal's lead — CO step minus the step its detector fired, positive
+//! when it warned ahead; on runs that do not collapse, whether it fired anyway (a false alarm). Then one
+//! summary row per signal.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,7 +17,8 @@ use crate::run::metrics::read_monitor;
 /// The step-resolution CO rule's threshold (also `pinpoint`'s).
 pub const DROP: Flag = Flag {
     name: "drop",
-    help: "A fall of the probe's PGD accuracy by at least this fraction below its best so far is CO",
+    help: "A fall of the probe's PGD accuracy by at least this fraction below its best so far, and on average over \
+           the next half epoch, is CO",
     value: Some("F"),
     default: "0.2",
 };
@@ -222,7 +224,7 @@ mod tests {
         b.extend(rows("cos_fgsm_pgd", &[0.6, 0.7, 0.7, 0.65, 0.6]));
         // Run c never collapses; its gap wobbles by 1.2 nats once (a false alarm), its cosine holds.
         let mut c = rows("pgd_acc", &[0.2, 0.4, 0.5, 0.55, 0.6]);
-        c.extend(rows("gap", &[0.3, 0.2, 1.4, 0.3, 0.2]));
+        c.extend(rows("gap", &[0.3, 0.2, 0.2, 1.4, 0.3]));
         c.extend(rows("cos_fgsm_pgd", &[0.6, 0.7, 0.72, 0.7, 0.71]));
         let mut all = detect("a", &a);
         all.extend(detect("b", &b));

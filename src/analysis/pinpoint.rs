@@ -3,8 +3,9 @@
 //! checkpoint, then epoch i with exactly the original batches and random draws), measures the monitor's
 //! signals every `--every` steps of it, and refuses unless the replayed end-of-epoch weights equal
 //! `epoch-i.safetensors` bit for bit. It reports the CO step (the probe's PGD accuracy `--drop` below its
-//! best so far) and each signal's change step, and keeps the weights every `--save-every` steps within
-//! `--window` points of the CO step as mini-checkpoints under `out/pinpoint/<run>-e<i>/`.
+//! best so far, and on average over the next half epoch or what is left of it) and each signal's change
+//! step, and keeps the weights every `--save-every` steps within `--window` points of the CO step as
+//! mini-checkpoints under `out/pinpoint/<run>-e<i>/`.
 
 use std::collections::BTreeMap;
 

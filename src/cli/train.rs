@@ -194,7 +194,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "LIST")]
     pub monitor_signals: Option<String>,
     /// Test images the monitor probes (the first of the evaluation images), and training images of Wong's
-    /// probe [default: 128].
+    /// probe [default: 64].
     #[arg(long, value_name = "N")]
     pub monitor_probe: Option<usize>,
     /// Reference model of the monitor's transfer signal: a run under checkpoints/, its last epoch or RUN@EPOCH.

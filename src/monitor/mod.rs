@@ -109,14 +109,18 @@ pub fn metric(name: &str) -> Option<(&'static dyn Signal, Metric)> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Every {
     Off,
-    /// A run's steps per epoch / 8 (at least 1): at least 8 points in every epoch.
+    /// A run's steps per epoch / 8, at least 16: 8 points in every epoch of a run with 128+ steps an epoch.
     Auto,
     Steps(usize),
 }
 
 impl Every {
-    /// Points per epoch `Auto` guarantees.
+    /// Points per epoch `Auto` gives a run with `AUTO_POINTS · AUTO_MIN` steps an epoch or more.
     pub const AUTO_POINTS: usize = 8;
+    /// The fewest steps between `Auto`'s points: a point costs about 4 training steps at the default probe,
+    /// so a denser automatic monitor would cost more than a quarter of the training it watches (small runs:
+    /// give `--monitor-every` to go denser).
+    pub const AUTO_MIN: usize = 16;
 
     pub fn parse(s: &str) -> Result<Every> {
         match s.trim() {
@@ -136,7 +140,7 @@ impl Every {
     pub fn steps(self, per_epoch: usize) -> usize {
         match self {
             Every::Off => 0,
-            Every::Auto => (per_epoch / Self::AUTO_POINTS).max(1),
+            Every::Auto => (per_epoch / Self::AUTO_POINTS).max(Self::AUTO_MIN),
             Every::Steps(k) => k,
         }
     }
@@ -185,7 +189,7 @@ impl Default for MonitorSpec {
 }
 
 /// Test (and training) images each point probes by default.
-pub const DEFAULT_PROBE: usize = 128;
+pub const DEFAULT_PROBE: usize = 64;
 
 impl MonitorSpec {
     pub fn off() -> MonitorSpec {
@@ -586,7 +590,12 @@ mod tests {
     #[test]
     fn every_and_the_spec_are_checked() {
         assert_eq!(Every::parse("auto").unwrap().steps(469), 58);
-        assert_eq!(Every::parse("auto").unwrap().steps(5), 1);
+        assert_eq!(
+            Every::parse("auto").unwrap().steps(5),
+            16,
+            "never denser than every 16 steps"
+        );
+        assert_eq!(Every::parse("auto").unwrap().steps(200), 25);
         assert_eq!(Every::parse("0").unwrap(), Every::Off);
         assert_eq!(Every::parse("25").unwrap().steps(469), 25);
         assert!(Every::parse("often")

@@ -1,7 +1,7 @@
 //! `grad-align`: gradient alignment falls at least t (default 0.2) below its best so far: the loss is no
-//! longer locally linear in the ε-ball.
+//! longer locally linear in the ε-ball. Read from `WARMUP` on: the untrained model is nearly linear.
 
-use super::{drop_below_best, series, Detector};
+use super::{drop_below_best, points, Detector, WARMUP};
 use crate::monitor::MonitorRow;
 
 pub struct AlignDrop;
@@ -11,7 +11,7 @@ impl Detector for AlignDrop {
         "grad-align"
     }
     fn rule(&self) -> &'static str {
-        "grad_align at least {t} below its best so far"
+        "grad_align at least {t} below its best so far (from half an epoch on)"
     }
     fn default_threshold(&self) -> f64 {
         0.2
@@ -20,6 +20,6 @@ impl Detector for AlignDrop {
         "grad_align"
     }
     fn fire(&self, rows: &[MonitorRow], t: f64) -> Option<u64> {
-        drop_below_best(&series(rows, "grad_align"), t)
+        drop_below_best(&points(rows, "grad_align"), t, WARMUP)
     }
 }

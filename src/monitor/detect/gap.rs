@@ -1,7 +1,8 @@
 //! `gap`: the strength gap L(δ_PGD) − L(δ_own) rises at least t nats (default 1.0, the CO verdict's
-//! `--gap-jump`) above its lowest value so far: the method's own perturbation has deteriorated.
+//! `--gap-jump`) above its lowest value so far: the method's own perturbation has deteriorated. Read from
+//! `WARMUP` on: the gap of the untrained model is near 0 and grows as the model learns, CO or not.
 
-use super::{rise_above_low, series, Detector};
+use super::{points, rise_above_low, Detector, WARMUP};
 use crate::monitor::MonitorRow;
 
 pub struct GapJump;
@@ -11,7 +12,7 @@ impl Detector for GapJump {
         "gap"
     }
     fn rule(&self) -> &'static str {
-        "gap at least {t} nats above its lowest so far"
+        "gap at least {t} nats above its lowest so far (from half an epoch on)"
     }
     fn default_threshold(&self) -> f64 {
         1.0
@@ -20,6 +21,6 @@ impl Detector for GapJump {
         "gap"
     }
     fn fire(&self, rows: &[MonitorRow], t: f64) -> Option<u64> {
-        rise_above_low(&series(rows, "gap"), t)
+        rise_above_low(&points(rows, "gap"), t, WARMUP)
     }
 }

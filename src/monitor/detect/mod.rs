@@ -15,8 +15,25 @@ pub mod wong;
 use super::MonitorRow;
 use crate::error::{CovfError, Result};
 
-/// One (step, value) series of a monitor metric, in step order.
-pub type Series = [(u64, f64)];
+/// One point of a monitor metric: its step, where it sits in the run in epochs (0 at the start, 1.0 at the
+/// end of the first epoch), and its value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    pub step: u64,
+    pub at: f64,
+    pub v: f64,
+}
+
+/// Signals whose untrained value is no baseline (the gap starts near 0 and grows as the model learns; the
+/// cosines start near 1 on a nearly linear model; E_lin and the AAER start near 0) are read from this far
+/// into the run on, in epochs: their best or lowest so far is a trained model's.
+pub const WARMUP: f64 = 0.5;
+
+/// How long, in epochs, the probe's PGD accuracy must stay down, on average, after the CO step: a fall it
+/// recovers from within half an epoch is a swing, not the collapse (FGSM runs swing between robust and not
+/// for an epoch or more before they stay collapsed, and runs that never collapse dip for one or two points;
+/// docs/monitor.md).
+pub const HOLD: f64 = 0.5;
 
 /// A rule that finds the point where a signal changes the way CO changes it.
 pub trait Detector: Sync {
@@ -36,7 +53,7 @@ pub trait Detector: Sync {
     }
 }
 
-/// Every detector, in the order of the detectors table. The CO step is `pgd`'s.
+/// Every detector, in the order of the detectors table.
 pub static DETECTORS: &[&dyn Detector] = &[
     &pgd::PgdDrop,
     &wong::WongDrop,
@@ -101,50 +118,84 @@ impl Rule {
     }
 }
 
-/// The series of `metric` in `rows`, in step order.
-pub fn series(rows: &[MonitorRow], metric: &str) -> Vec<(u64, f64)> {
-    super::series(rows, metric)
+/// The points of `metric` in `rows` that have a value, in step order.
+pub fn points(rows: &[MonitorRow], metric: &str) -> Vec<Point> {
+    let mut p: Vec<Point> = rows
+        .iter()
+        .filter(|r| r.metric == metric && !r.value.is_nan())
+        .map(|r| Point {
+            step: r.step,
+            at: r.epoch.saturating_sub(1) as f64 + r.epoch_frac,
+            v: r.value,
+        })
+        .collect();
+    p.sort_by_key(|q| q.step);
+    p
 }
 
-/// The step of the first point at least `t` below the best (highest) earlier value; NaN points are skipped.
-pub fn drop_below_best(s: &Series, t: f64) -> Option<u64> {
-    let mut best = f64::NEG_INFINITY;
-    for &(step, v) in s {
-        if v.is_nan() {
-            continue;
+/// The step of the first point from `warmup` epochs on where `changed(value, baseline)` holds, the
+/// baseline being `fold` over the earlier points from `warmup` on.
+pub fn first_change(
+    p: &[Point],
+    warmup: f64,
+    fold: fn(f64, f64) -> f64,
+    changed: impl Fn(f64, f64) -> bool,
+) -> Option<u64> {
+    let mut base: Option<f64> = None;
+    for q in p.iter().filter(|q| q.at >= warmup) {
+        if base.is_some_and(|b| changed(q.v, b)) {
+            return Some(q.step);
         }
-        if v <= best - t {
-            return Some(step);
-        }
-        best = best.max(v);
+        base = Some(base.map_or(q.v, |b| fold(b, q.v)));
     }
     None
 }
 
-/// The step of the first point at least `t` above the lowest earlier value; NaN points are skipped.
-pub fn rise_above_low(s: &Series, t: f64) -> Option<u64> {
-    let mut low = f64::INFINITY;
-    for &(step, v) in s {
-        if v.is_nan() {
-            continue;
+/// The first point at least `t` below the best (highest) earlier value from `warmup` on.
+pub fn drop_below_best(p: &[Point], t: f64, warmup: f64) -> Option<u64> {
+    first_change(p, warmup, f64::max, |v, best| v <= best - t)
+}
+
+/// The first point at least `t` above the lowest earlier value from `warmup` on.
+pub fn rise_above_low(p: &[Point], t: f64, warmup: f64) -> Option<u64> {
+    first_change(p, warmup, f64::min, |v, low| v >= low + t)
+}
+
+/// The CO step: the first point where the probe's PGD accuracy is at least `drop` below its best so far,
+/// and so is its mean over the later points within `hold` epochs, of which there must be one (a fall at the
+/// record's last point is not confirmed: a stable run can dip there too). The mean, not every point, so that
+/// the step does not depend on how densely the run is measured: replayed every few steps, a collapsing model
+/// still swings back for a step now and then.
+pub fn co_step(rows: &[MonitorRow], drop: f64, hold: f64) -> Option<u64> {
+    let p = points(rows, "pgd_acc");
+    let mut best = f64::NEG_INFINITY;
+    for (i, q) in p.iter().enumerate() {
+        let line = best - drop;
+        let stays = || {
+            let after: Vec<f64> = p[i + 1..]
+                .iter()
+                .take_while(|r| r.at <= q.at + hold)
+                .map(|r| r.v)
+                .collect();
+            !after.is_empty() && after.iter().sum::<f64>() / after.len() as f64 <= line
+        };
+        if q.v <= line && stays() {
+            return Some(q.step);
         }
-        if v >= low + t {
-            return Some(step);
-        }
-        low = low.min(v);
+        best = best.max(q.v);
     }
     None
 }
 
 /// Where each detector fires on one run's rows at its default threshold (detectors whose metric the run did
-/// not record left out), in `DETECTORS` order; the CO step is `pgd`'s, at `co_drop`.
+/// not record left out), in `DETECTORS` order, and the CO step (`co_step` at `co_drop` and `HOLD`).
 pub fn changes(rows: &[MonitorRow], co_drop: f64) -> Changes {
     let has = |m: &str| rows.iter().any(|r| r.metric == m);
     Changes {
-        co_step: has("pgd_acc").then(|| pgd::PgdDrop.fire(rows, co_drop)).flatten(),
+        co_step: co_step(rows, co_drop, HOLD),
         signals: DETECTORS
             .iter()
-            .filter(|d| d.name() != pgd::PgdDrop.name() && has(d.metric()))
+            .filter(|d| has(d.metric()))
             .map(|d| (*d, d.fire(rows, d.default_threshold())))
             .collect(),
         every: monitor_interval(rows),
@@ -178,7 +229,8 @@ fn monitor_interval(rows: &[MonitorRow]) -> Option<u64> {
     steps.windows(2).map(|w| w[1] - w[0]).min()
 }
 
-/// Test series: one row of `metric` per value, a point every `every` steps from step 0.
+/// Test series: one row of `metric` per value, a point every `every` steps from step 0, four points an
+/// epoch (so the first two fall in the `WARMUP`).
 #[cfg(test)]
 pub(crate) fn planted(metric: &str, values: &[f64], every: u64) -> Vec<MonitorRow> {
     values
@@ -189,8 +241,8 @@ pub(crate) fn planted(metric: &str, values: &[f64], every: u64) -> Vec<MonitorRo
             method: "fgsm".into(),
             seed: 0,
             step: every * i as u64,
-            epoch: 1,
-            epoch_frac: 0.0,
+            epoch: 1 + i as u64 / 4,
+            epoch_frac: (i % 4) as f64 / 4.0,
             lr: 0.1,
             signal: String::new(),
             metric: metric.into(),
@@ -207,15 +259,59 @@ mod tests {
         planted(metric, values, 10)
     }
 
+    /// Points 0, 1, 2, … at a quarter of an epoch each.
+    fn quarters(v: &[f64]) -> Vec<Point> {
+        v.iter()
+            .enumerate()
+            .map(|(i, &v)| Point {
+                step: i as u64,
+                at: i as f64 / 4.0,
+                v,
+            })
+            .filter(|q| !q.v.is_nan())
+            .collect()
+    }
+
     #[test]
-    fn running_best_and_low_rules() {
-        let at = |v: &[f64]| -> Vec<(u64, f64)> { v.iter().enumerate().map(|(i, &v)| (i as u64, v)).collect() };
-        let s = at(&[0.1, 0.4, 0.5, f64::NAN, 0.35, 0.29, 0.0]);
-        assert_eq!(drop_below_best(&s, 0.2), Some(5), "0.29 ≤ 0.5 − 0.2, 0.35 is not");
-        assert_eq!(drop_below_best(&s, 0.6), None);
-        let r = at(&[2.0, 0.3, 0.5, 1.2, 1.4]);
-        assert_eq!(rise_above_low(&r, 1.0), Some(4));
-        assert_eq!(rise_above_low(&r, 0.1), Some(2));
+    fn running_best_and_low_rules_read_from_the_warm_up_on() {
+        let s = quarters(&[0.1, 0.4, 0.5, f64::NAN, 0.35, 0.29, 0.0]);
+        assert_eq!(drop_below_best(&s, 0.2, 0.0), Some(5), "0.29 ≤ 0.5 − 0.2, 0.35 is not");
+        assert_eq!(drop_below_best(&s, 0.6, 0.0), None);
+        let r = quarters(&[2.0, 0.3, 0.5, 1.2, 1.4]);
+        assert_eq!(rise_above_low(&r, 1.0, 0.0), Some(4));
+        assert_eq!(rise_above_low(&r, 0.1, 0.0), Some(2));
+        // A gap that grows from the untrained model's 0 while it learns, then holds: no change once the
+        // baseline is a trained model's (points 2 on), a change from step 0.
+        let grows = quarters(&[0.0, 0.6, 1.1, 1.3, 1.2, 1.4]);
+        assert_eq!(rise_above_low(&grows, 1.0, 0.0), Some(2));
+        assert_eq!(rise_above_low(&grows, 1.0, WARMUP), None);
+        assert_eq!(
+            rise_above_low(&quarters(&[0.0, 0.6, 1.1, 1.3, 2.2]), 1.0, WARMUP),
+            Some(4)
+        );
+    }
+
+    #[test]
+    fn the_co_step_is_the_first_fall_that_lasts() {
+        // Four points an epoch, the hold two points: a swing at 40 recovered at 50 and 60, then the fall at
+        // 70 that lasts.
+        let swing = rows("pgd_acc", &[0.1, 0.3, 0.45, 0.5, 0.2, 0.5, 0.45, 0.05, 0.0, 0.02]);
+        assert_eq!(co_step(&swing, 0.2, HOLD), Some(70));
+        let online = lookup("pgd").unwrap().fire(&swing, 0.2);
+        assert_eq!(online, Some(40), "online: the first swing");
+        // A fall with no later point inside the hold is not confirmed: at the record's last point, or with
+        // a hold shorter than the points' spacing.
+        assert_eq!(co_step(&swing[..8], 0.2, HOLD), None);
+        assert_eq!(co_step(&swing[..9], 0.2, HOLD), Some(70));
+        assert_eq!(co_step(&swing, 0.2, 0.1), None);
+        // The hold is on the mean: one point back up inside it (0.45, then 0.05: mean 0.25 ≤ 0.3) does not
+        // undo a fall; a fall that comes back on average is no CO; one 0.1 below the best is not a 0.2 fall.
+        assert_eq!(
+            co_step(&rows("pgd_acc", &[0.4, 0.5, 0.1, 0.45, 0.05, 0.0]), 0.2, HOLD),
+            Some(20)
+        );
+        assert_eq!(co_step(&rows("pgd_acc", &[0.4, 0.5, 0.1, 0.45, 0.5]), 0.2, HOLD), None);
+        assert_eq!(co_step(&rows("pgd_acc", &[0.4, 0.5, 0.4, 0.4, 0.4]), 0.2, HOLD), None);
     }
 
     #[test]
@@ -241,6 +337,9 @@ mod tests {
             assert_eq!(d.metric(), *metric);
             assert_eq!(d.fire(&r[..6], d.default_threshold()), None, "{name}: a false alarm");
         }
+        // The untrained model's values are no baseline: a gap of 0 at step 0 rising to a trained 1.3.
+        let gap = lookup("gap").unwrap();
+        assert_eq!(gap.fire(&rows("gap", &[0.0, 0.6, 1.1, 1.3, 1.2, 1.4]), 1.0), None);
         // Transfer: well below random, then back at it.
         let mut r = rows("transfer_acc", &[0.6, 0.4, 0.35, 0.3, 0.32, 0.33, 0.69, 0.7]);
         r.extend(rows("transfer_random", &[0.7; 8]));
@@ -262,7 +361,7 @@ mod tests {
         let fired: Vec<(&str, Option<u64>)> = c.signals.iter().map(|(d, s)| (d.name(), *s)).collect();
         assert_eq!(
             fired,
-            [("gap", Some(50)), ("lle", Some(70))],
+            [("pgd", Some(60)), ("gap", Some(50)), ("lle", Some(70))],
             "only the recorded metrics"
         );
         assert_eq!(c.deterioration_step(), Some(50));

@@ -1,7 +1,8 @@
 //! `pgd`: the probe's PGD accuracy falls at least t (default 0.2) below its best so far — catastrophic
-//! overfitting itself; its first firing is a run's CO step.
+//! overfitting as an online rule sees it (the first swing down). Accuracy starts at chance, so it needs no
+//! warm-up; the CO step of the analyses also asks the fall to last (`co_step`).
 
-use super::{drop_below_best, series, Detector};
+use super::{drop_below_best, points, Detector};
 use crate::monitor::MonitorRow;
 
 pub struct PgdDrop;
@@ -20,6 +21,6 @@ impl Detector for PgdDrop {
         "pgd_acc"
     }
     fn fire(&self, rows: &[MonitorRow], t: f64) -> Option<u64> {
-        drop_below_best(&series(rows, "pgd_acc"), t)
+        drop_below_best(&points(rows, "pgd_acc"), t, 0.0)
     }
 }

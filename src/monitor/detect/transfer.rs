@@ -3,7 +3,7 @@
 //! an earlier point at least 0.1 below it (`--strong-margin`): a perturbation never clearly stronger than
 //! noise has nothing to lose.
 
-use super::{series, Detector};
+use super::{points, Detector};
 use crate::monitor::MonitorRow;
 
 pub struct TransferRandom;
@@ -25,19 +25,16 @@ impl Detector for TransferRandom {
         "transfer_acc"
     }
     fn fire(&self, rows: &[MonitorRow], t: f64) -> Option<u64> {
-        let random = series(rows, "transfer_random");
+        let random = points(rows, "transfer_random");
         let mut strong = false;
-        for (step, acc) in series(rows, "transfer_acc") {
-            let Some(&(_, r)) = random.iter().find(|(s, _)| *s == step) else {
+        for q in points(rows, "transfer_acc") {
+            let Some(r) = random.iter().find(|r| r.step == q.step) else {
                 continue;
             };
-            if acc.is_nan() || r.is_nan() {
-                continue;
+            if strong && q.v >= r.v - t {
+                return Some(q.step);
             }
-            if strong && acc >= r - t {
-                return Some(step);
-            }
-            strong |= acc <= r - STRONG;
+            strong |= q.v <= r.v - STRONG;
         }
         None
     }

@@ -2,7 +2,7 @@
 //! fast_adversarial) below its best so far (fast_adversarial compares with the previous epoch; the
 //! monitor's points are closer, so the best so far is the steadier reference).
 
-use super::{drop_below_best, series, Detector};
+use super::{drop_below_best, points, Detector};
 use crate::monitor::MonitorRow;
 
 pub struct WongDrop;
@@ -21,6 +21,6 @@ impl Detector for WongDrop {
         "wong_acc"
     }
     fn fire(&self, rows: &[MonitorRow], t: f64) -> Option<u64> {
-        drop_below_best(&series(rows, "wong_acc"), t)
+        drop_below_best(&points(rows, "wong_acc"), t, 0.0)
     }
 }
