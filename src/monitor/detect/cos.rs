@@ -1,6 +1,6 @@
 //! `cos`: cos(δ_FGSM, δ_PGD) falls at least t (default 0.2) below its best so far: the single step no
 //! longer points where the multi-step attack goes. Read from `WARMUP` on: on the nearly linear untrained
-//! model the two point the same way, and they part as it learns.
+//! model the two point much the same way, and they part as it learns.
 
 use super::{drop_below_best, points, Detector, WARMUP};
 use crate::monitor::MonitorRow;

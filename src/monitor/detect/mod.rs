@@ -25,8 +25,8 @@ pub struct Point {
 }
 
 /// Signals whose untrained value is no baseline (the gap starts near 0 and grows as the model learns; the
-/// cosines start near 1 on a nearly linear model; E_lin and the AAER start near 0) are read from this far
-/// into the run on, in epochs: their best or lowest so far is a trained model's.
+/// cosines start high on the nearly linear untrained model; E_lin and the AAER start near 0) are read from
+/// this far into the run on, in epochs: their best or lowest so far is a trained model's.
 pub const WARMUP: f64 = 0.5;
 
 /// How long, in epochs, the probe's PGD accuracy must stay down, on average, after the CO step: a fall it
